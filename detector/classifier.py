@@ -1,0 +1,136 @@
+"""The DFDC winner's classifier, its checkpoint loader and the model ensemble.
+
+``DeepFakeClassifier`` = timm EfficientNet encoder (``forward_features``) +
+global average pool + dropout + ``Linear(features, 1)``.  The encoder is made
+with ``pretrained=False``: weights only ever come from our checkpoints.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from detector.aggregation import Strategy, confident_strategy
+
+DEFAULT_ENCODER = "tf_efficientnet_b7.ns_jft_in1k"
+# The winner's names (timm 0.1.x) map onto today's pretrained tags.
+LEGACY_ENCODER_NAMES = {f"tf_efficientnet_b{i}_ns": f"tf_efficientnet_b{i}.ns_jft_in1k" for i in range(8)}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded into the configured classifier."""
+
+
+def canonical_encoder(name: str) -> str:
+    """Accept the winner's legacy encoder names as well as today's timm names."""
+    return LEGACY_ENCODER_NAMES.get(name, name)
+
+
+class DeepFakeClassifier(nn.Module):
+    """EfficientNet features -> pooled -> dropout -> one fake logit."""
+
+    def __init__(self, encoder: str = DEFAULT_ENCODER, dropout_rate: float = 0.0) -> None:
+        super().__init__()
+        name = canonical_encoder(encoder)
+        if not timm.is_model(name.split(".")[0]):
+            raise ValueError(f"unknown timm encoder {encoder!r}")
+        self.encoder = timm.create_model(name, pretrained=False)
+        self.avg_pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(dropout_rate)
+        self.fc = nn.Linear(self.encoder.num_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.encoder.forward_features(x)
+        x = self.avg_pool(x).flatten(1)
+        x = self.dropout(x)
+        return self.fc(x)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (run `deepfake-stream weights download`?)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is not a loadable PyTorch weights file: {first_line}") from None
+    state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_classifier(path: str | Path, encoder: str = DEFAULT_ENCODER) -> DeepFakeClassifier:
+    """Load a published checkpoint (``{"state_dict": ...}`` or bare, ``module.``-prefixed) strictly."""
+    path = Path(path)
+    state = _read_state_dict(path)
+    model = DeepFakeClassifier(encoder)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match encoder {encoder}: "
+            f"missing keys {_short(missing)}; unexpected keys {_short(unexpected)}"
+        )
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} has tensors of the wrong shape for {encoder}: {_short(wrong)}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _short(items: Sequence[str], limit: int = 8) -> str:
+    if not items:
+        return "none"
+    shown = ", ".join(items[:limit])
+    return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Write ``model`` in the published layout: ``{"state_dict": {"module." + key: ...}}``."""
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state}, Path(path))
+
+
+class Ensemble:
+    """N classifiers on one device; per-face probabilities and the winner's averaging.
+
+    fp16 + channels_last on CUDA (as the winner ran), fp32 on CPU.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        self.device = device
+        self.half = device.type == "cuda"
+        self.dtype = torch.float16 if self.half else torch.float32
+        self.channels_last = self.half
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.models = [m.to(device=device, dtype=self.dtype, memory_format=memory_format).eval() for m in models]
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], encoder: str, device: torch.device) -> Ensemble:
+        return cls([load_classifier(p, encoder) for p in paths], device)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised NCHW batch -> fake probabilities, shape (n_models, n_faces)."""
+        if x.shape[0] == 0:
+            return np.zeros((len(self.models), 0), dtype=np.float32)
+        out = [torch.sigmoid(model(x).float().reshape(-1)) for model in self.models]
+        return torch.stack(out).cpu().numpy()
+
+    @staticmethod
+    def aggregate(per_model_scores: np.ndarray, strategy: Strategy = confident_strategy) -> float:
+        """Strategy per model, then the mean over models (the winner's ensembling)."""
+        return float(np.mean([strategy(row) for row in per_model_scores]))

@@ -1,0 +1,159 @@
+"""The ``deepfake-stream`` command line.
+
+Usage errors, bad files and bad configs print one line and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from stream.config import AppConfig, ConfigError, load_config
+from stream.logs import setup_logging
+
+EXIT_USAGE = 2
+DEFAULT_CONFIG = Path("config.yaml")
+
+
+class UsageError(Exception):
+    """Bad arguments or input files: one line, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _load(path: Path | None) -> AppConfig:
+    if path is None:
+        return load_config(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else AppConfig()
+    return load_config(path)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from detector.classifier import CheckpointError
+    from stream.scan import collect_videos, scan
+
+    cfg = _load(args.config).detector
+    updates = {k: v for k, v in {"weights": args.weights, "encoder": args.encoder, "frames_per_video": args.frames, "device": args.device}.items() if v is not None}
+    if args.weights:
+        updates["weights_dir"] = Path(".")
+    cfg = cfg.model_validate({**cfg.model_dump(), **updates})
+    try:
+        videos = collect_videos(args.inputs)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if not videos:
+        raise UsageError("no video files found in " + " ".join(args.inputs))
+    try:
+        predictions = scan(videos, cfg, args.out, progress=not args.no_progress)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    failed = sum(1 for p in predictions if p.error)
+    print(f"wrote {len(predictions)} predictions to {args.out} ({failed} scored 0.5 for lack of a face or a frame)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from stream.evaluate import EvalInputError, evaluate, read_labels, read_predictions
+
+    try:
+        result = evaluate(read_predictions(args.predictions), read_labels(args.labels))
+    except EvalInputError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(result.to_json())
+        return 0
+    auc = "n/a (one class)" if result.roc_auc is None else f"{result.roc_auc:.5f}"
+    print(f"log_loss  {result.log_loss:.5f}")
+    print(f"roc_auc   {auc}")
+    print(f"accuracy  {result.accuracy:.4f}  (threshold 0.5)")
+    print(f"videos    {result.scored} scored, {result.missing} labelled without prediction, {result.unlabelled} predictions without label")
+    return 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from detector.weights import PUBLISHED_CHECKPOINTS, RELEASE_URL, DownloadError, default_cache_dir, download_checkpoints
+
+    dest = args.dir or default_cache_dir()
+    names = args.names or list(PUBLISHED_CHECKPOINTS)
+    try:
+        paths = download_checkpoints(dest, names, base_url=args.base_url or RELEASE_URL, progress=not args.no_progress)
+    except DownloadError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{len(paths)} checkpoints in {dest}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stream.service import run_service
+
+    cfg = _load(args.config)
+    return run_service(cfg, duration_s=args.duration)
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="deepfake-stream", description="Real-time deepfake video analyzer.")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    scan = sub.add_parser("scan", help="score video files into a DFDC-style predictions CSV")
+    scan.add_argument("inputs", nargs="+", help="video files or directories")
+    scan.add_argument("--out", type=Path, default=Path("predictions.csv"))
+    scan.add_argument("--config", type=Path, default=None, help="config file (default: ./config.yaml if present)")
+    scan.add_argument("--weights", type=Path, nargs="+", default=None, help="checkpoint files (override the config)")
+    scan.add_argument("--encoder", default=None, help="timm encoder name, e.g. tf_efficientnet_b7.ns_jft_in1k")
+    scan.add_argument("--frames", type=int, default=None, help="frames per video (default 32)")
+    scan.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    scan.add_argument("--no-progress", action="store_true")
+    scan.set_defaults(func=cmd_scan)
+
+    ev = sub.add_parser("eval", help="log loss, ROC AUC and accuracy of a predictions CSV")
+    ev.add_argument("predictions", type=Path)
+    ev.add_argument("--labels", type=Path, required=True, help="metadata.json (DFDC) or labels.csv")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    weights = sub.add_parser("weights", help="manage classifier checkpoints")
+    wsub = weights.add_subparsers(dest="weights_command", required=True, parser_class=OneLineParser)
+    dl = wsub.add_parser("download", help="fetch the DFDC winner's 7 B7 checkpoints")
+    dl.add_argument("--dir", type=Path, default=None, help="cache directory (default ~/.cache/deepfake-stream/weights)")
+    dl.add_argument("--base-url", default=None, help="mirror serving the release files")
+    dl.add_argument("--names", nargs="+", default=None, help="only these checkpoint names")
+    dl.add_argument("--no-progress", action="store_true")
+    dl.set_defaults(func=cmd_weights_download)
+
+    run = sub.add_parser("run", help="analyse the configured live streams and publish over MQTT")
+    run.add_argument("--config", type=Path, default=None)
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        level = args.log_level or "INFO"
+        setup_logging(level, json_format=args.log_json)
+        if getattr(args, "frames", None) is not None and args.frames <= 0:
+            raise UsageError("--frames must be positive")
+        return int(args.func(args))
+    except (UsageError, ConfigError) as exc:
+        print(f"error: {exc}".replace("\n", "; "), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def entrypoint() -> NoReturn:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

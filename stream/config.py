@@ -1,0 +1,198 @@
+"""Typed configuration (``config.yaml``) for the detector and the streaming service.
+
+Every model forbids unknown keys so a typo is an error, not a silently ignored
+setting; errors name the field's path (``streams.1.sample_fps``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from detector.classifier import DEFAULT_ENCODER
+from detector.weights import PUBLISHED_CHECKPOINTS
+
+StreamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DetectorConfig(StrictModel):
+    """The DFDC-winner inference settings."""
+
+    weights_dir: Path = Path("weights")
+    weights: list[Path] = Field(default_factory=lambda: [Path(name) for name in PUBLISHED_CHECKPOINTS])
+    encoder: str = DEFAULT_ENCODER
+    input_size: Annotated[int, Field(gt=0, le=2048)] = 380
+    frames_per_video: Annotated[int, Field(gt=0, le=10_000)] = 32
+    thresholds: tuple[Probability, Probability, Probability] = (0.7, 0.8, 0.8)
+    min_face_size: Annotated[int, Field(gt=0)] = 20
+    rescale: Literal["size", "half"] = "size"
+    strategy: Literal["confident", "mean"] = "confident"
+    device: str = "auto"
+    batch_size: Annotated[int, Field(gt=0, le=1024)] = 64
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value == "auto" or value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def weight_paths(self, base: Path | None = None) -> list[Path]:
+        """Checkpoint paths, relative ones resolved against ``weights_dir`` (itself against ``base``)."""
+        root = self.weights_dir if base is None or self.weights_dir.is_absolute() else base / self.weights_dir
+        return [w if w.is_absolute() else root / w for w in self.weights]
+
+
+class StreamConfig(StrictModel):
+    """One camera or broadcast feed."""
+
+    name: StreamName
+    url: Annotated[str, Field(min_length=1, max_length=4096)]
+    sample_fps: PositiveFloat = 2.0
+    enabled: bool = True
+    loop: bool = False  # files only: start again at the end
+    realtime: bool = False  # files only: pace decoding at the video's own rate
+    open_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 10.0
+    watchdog_s: PositiveFloat = 10.0
+
+
+class WindowConfig(StrictModel):
+    """The running score's window: the last ``seconds`` or the last ``max_scores`` face scores."""
+
+    seconds: PositiveFloat = 16.0
+    max_scores: Annotated[int, Field(gt=0)] = 32
+
+
+class AlertConfig(StrictModel):
+    alert_threshold: Probability = 0.8
+    clear_threshold: Probability = 0.5
+    min_samples: Annotated[int, Field(gt=0)] = 3
+    snapshot: bool = True
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertConfig:
+        if self.clear_threshold > self.alert_threshold:
+            raise ValueError("clear_threshold must not exceed alert_threshold")
+        return self
+
+
+class EngineConfig(StrictModel):
+    """Cross-stream batching on the one inference worker."""
+
+    max_batch: Annotated[int, Field(gt=0, le=1024)] = 32
+    max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
+    max_pending_per_stream: Annotated[int, Field(gt=0)] = 4
+
+
+class TlsConfig(StrictModel):
+    ca_certs: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    insecure: bool = False  # skip hostname verification (never the default)
+
+
+class MqttConfig(StrictModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    client_id: str = "deepfake-stream"
+    topic_prefix: Annotated[str, Field(pattern=r"^[^#+]+$")] = "deepfake"
+    keepalive_s: Annotated[int, Field(gt=0)] = 30
+    score_interval_s: Annotated[float, Field(ge=0)] = 1.0
+    max_pending_alerts: Annotated[int, Field(gt=0)] = 1000
+    reconnect_max_s: PositiveFloat = 30.0
+
+
+class HttpConfig(StrictModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback unless the operator opens it
+    port: Annotated[int, Field(ge=0, lt=65536)] = 8080
+
+
+class WhipConfig(StrictModel):
+    enabled: bool = True
+    max_sessions: Annotated[int, Field(gt=0)] = 8
+    max_sdp_bytes: Annotated[int, Field(gt=0)] = 64 * 1024
+    sample_fps: PositiveFloat = 2.0
+    watchdog_s: PositiveFloat = 10.0
+    tokens: dict[StreamName, SecretStr] = Field(default_factory=dict)  # stream name -> bearer token
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = False
+
+
+class AppConfig(StrictModel):
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    streams: list[StreamConfig] = Field(default_factory=list)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    whip: WhipConfig = Field(default_factory=WhipConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_names(cls, streams: list[StreamConfig]) -> list[StreamConfig]:
+        seen: set[str] = set()
+        for stream in streams:
+            if stream.name in seen:
+                raise ValueError(f"duplicate stream name {stream.name!r}")
+            seen.add(stream.name)
+        return streams
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    """One line per problem: ``source: a.b.0.c: message``."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{source}: {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "config") -> AppConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+
+
+def load_config(path: str | Path) -> AppConfig:
+    """Read and validate a YAML config file; raises ConfigError with a readable message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,115 @@
+"""``deepfake-stream eval``: score a predictions CSV against DFDC labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+EPS = 1e-15
+
+
+class EvalInputError(ValueError):
+    """A predictions or labels file that cannot be read; the message names it."""
+
+
+@dataclass
+class EvalResult:
+    log_loss: float
+    roc_auc: float | None
+    accuracy: float
+    scored: int
+    missing: int  # labelled videos without a prediction
+    unlabelled: int  # predictions for videos with no label
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def _label_value(raw: str, source: Path, key: str) -> int:
+    text = str(raw).strip().upper()
+    if text in {"FAKE", "1", "1.0", "TRUE"}:
+        return 1
+    if text in {"REAL", "0", "0.0", "FALSE"}:
+        return 0
+    raise EvalInputError(f"{source}: label {raw!r} for {key!r} is neither REAL/FAKE nor 0/1")
+
+
+def read_labels(path: Path) -> dict[str, int]:
+    """``metadata.json`` (DFDC) or a CSV with ``file``/``filename`` and ``label`` columns."""
+    if not path.is_file():
+        raise EvalInputError(f"{path}: labels file not found")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EvalInputError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise EvalInputError(f"{path}: expected a mapping of file name to metadata")
+        labels = {}
+        for name, meta in data.items():
+            if not isinstance(meta, dict) or "label" not in meta:
+                raise EvalInputError(f"{path}: entry {name!r} has no 'label'")
+            labels[name] = _label_value(meta["label"], path, name)
+        return labels
+    rows = _read_csv(path)
+    header = rows[0] if rows else {}
+    name_key = "filename" if "filename" in header else "file" if "file" in header else None
+    if name_key is None or "label" not in header:
+        raise EvalInputError(f"{path}: needs a 'file' or 'filename' column and a 'label' column")
+    return {row[name_key]: _label_value(row["label"], path, row[name_key]) for row in rows}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise EvalInputError(f"{path}: cannot read CSV ({exc})") from None
+
+
+def read_predictions(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        raise EvalInputError(f"{path}: predictions file not found")
+    rows = _read_csv(path)
+    if not rows or "filename" not in rows[0] or "label" not in rows[0]:
+        raise EvalInputError(f"{path}: expected a CSV with columns filename,label")
+    preds = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            value = float(row["label"])
+        except (TypeError, ValueError):
+            raise EvalInputError(f"{path}:{line}: label {row['label']!r} is not a number") from None
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise EvalInputError(f"{path}:{line}: probability {value} is outside [0, 1]")
+        preds[row["filename"]] = value
+    return preds
+
+
+def log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Binary log loss with probabilities clipped to [1e-15, 1 - 1e-15] (the DFDC metric)."""
+    p = np.clip(y_prob.astype(np.float64), EPS, 1 - EPS)
+    y = y_true.astype(np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def evaluate(predictions: dict[str, float], labels: dict[str, int]) -> EvalResult:
+    common = sorted(set(predictions) & set(labels))
+    if not common:
+        raise EvalInputError("no prediction matches a labelled file name")
+    y = np.array([labels[name] for name in common])
+    p = np.array([predictions[name] for name in common])
+    auc = float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
+    return EvalResult(
+        log_loss=log_loss(y, p),
+        roc_auc=auc,
+        accuracy=float(np.mean((p > 0.5) == (y == 1))),
+        scored=len(common),
+        missing=len(set(labels) - set(predictions)),
+        unlabelled=len(set(predictions) - set(labels)),
+    )
