@@ -7,7 +7,6 @@ with ``pretrained=False``: weights only ever come from our checkpoints.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} does not exist (run `deepfake-stream weights download`?)")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the safe unpickler means 'not a checkpoint'
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is not a loadable PyTorch weights file: {first_line}") from None
     state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None

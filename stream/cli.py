@@ -90,9 +90,9 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
     from stream.service import run_service
 
-    cfg = _load(args.config)
     return run_service(cfg, duration_s=args.duration)
 
 

@@ -29,8 +29,9 @@ def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.set_name("deepfake-stream")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "deepfake-stream"] + [handler]
     root.setLevel(level)
     for noisy in ("aioice", "aiortc", "libav", "asyncio", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

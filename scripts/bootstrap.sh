@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-time set-up shared by `make test` and `make demo`: uv, and (for tests) the
+# Debian packages of the real servers the tests start (mosquitto, an RTSP server, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ensure_uv() {
+    if ! command -v uv >/dev/null 2>&1; then
+        if [ -x "$HOME/.local/bin/uv" ]; then export PATH="$HOME/.local/bin:$PATH"; return; fi
+        echo "bootstrap: installing uv with pip" >&2
+        python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+        export PATH="$HOME/.local/bin:$PATH"
+    fi
+}
+
+ensure_apt_packages() {
+    local wanted missing=()
+    wanted=$(cat .ci/apt-packages*.txt 2>/dev/null | sed 's/#.*//' | tr -s ' \n' '\n' | sort -u)
+    for pkg in $wanted; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: missing Debian packages (install them as root): ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "bootstrap: apt-get install ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+case "${1:-}" in
+    test) ensure_uv; ensure_apt_packages ;;
+    *) ensure_uv ;;
+esac

@@ -1,0 +1,562 @@
+"""Video sources: any FFmpeg URL (RTSP, HTTP/HLS, local files) decoded by PyAV into sampled RGB frames.
+
+Each source decodes in its own thread because PyAV's demux/decode calls block (and release the
+GIL), and a stalled camera must never stall the event loop or the other streams. The thread
+samples frames by presentation time *before* converting them to RGB, so the costly conversion is
+paid only for the frames the detector will see, and it hands over only the newest sampled frame:
+a live feed must be analysed as it is now, not as it was when the detector fell behind.
+
+Failures are handled in one place: every error, the end of a live stream and the no-frame
+watchdog lead to a reconnect with exponential backoff; a URL that can never work (unknown
+scheme, malformed URL, missing or unreadable local file) ends in ``failed`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import av
+import av.error
+import numpy as np
+
+from stream.config import StreamConfig
+from stream.sampler import FrameSampler
+
+log = logging.getLogger("deepfake_stream.sources")
+
+FPS_WINDOW_S = 3.0  # fps_in is measured over this many seconds of decoding
+_MAX_PACE_SLEEP_S = 5.0  # realtime pacing never waits longer than this for one frame (pts gaps)
+_MAX_PACE_LAG_S = 0.5  # further behind than this, pacing re-anchors instead of bursting to catch up
+_NETWORK_SCHEMES_WITH_HOST = {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "tcp", "udp", "rtp"}
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_USERINFO_RE = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/?#@:]*):(?P<pw>[^/?#]*)@")
+_SECRET_QUERY_RE = re.compile(r"(?i)([?&;](?:password|passwd|pwd|pass|token|secret|key|auth)=)[^&#;]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe for logs: ``user:pass@`` becomes ``user:***@`` and secret-looking query values ``***``.
+
+    The password part runs to the *last* ``@`` of the authority, as FFmpeg parses it, so a raw
+    ``@`` inside a password does not leak its tail.
+    """
+    redacted = _USERINFO_RE.sub(lambda m: f"{m['head']}{m['user']}:***@", url, count=1)
+    return _SECRET_QUERY_RE.sub(r"\1***", redacted)
+
+
+class SourceState(StrEnum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class SampledFrame:
+    """One sampled frame: RGB pixels plus both the stream's clock and ours."""
+
+    image: np.ndarray  # RGB uint8, H x W x 3
+    pts_s: float  # presentation time in seconds (continues across file loops; restarts on reconnect)
+    arrival_monotonic: float  # time.monotonic() when decoded
+    arrival_wall: float  # time.time() when decoded
+    index: int  # 0, 1, 2... over the sampled frames of this source
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """A consistent snapshot of a source's counters."""
+
+    state: SourceState
+    fps_in: float  # decoded frames per second over the last FPS_WINDOW_S
+    frames_decoded: int
+    frames_sampled: int
+    frames_dropped: int  # sampled frames overwritten before the consumer took them
+    reconnects: int  # connection attempts after the first one
+    last_error: str | None
+    width: int | None
+    height: int | None
+
+
+class SourceError(Exception):
+    """A problem with the source, its message already human-readable and free of secrets."""
+
+
+class FatalSourceError(SourceError):
+    """A problem retrying cannot fix (unknown scheme, malformed URL, missing or broken local file)."""
+
+
+StateCallback = Callable[[SourceState, str | None], None]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the URL points at, worked out once."""
+
+    url: str
+    safe_url: str
+    scheme: str | None  # None for a plain local path
+    local_path: Path | None  # set for local files (plain path or file: URL)
+    password: str | None
+
+    @property
+    def is_file(self) -> bool:
+        return self.local_path is not None
+
+
+def _parse_target(url: str) -> _Target:
+    """Classify ``url``; raises FatalSourceError for URLs that can never be opened."""
+    safe = redact_url(url)
+    match = _SCHEME_RE.match(url)
+    scheme = match.group(1).lower() if match else None
+    if scheme is None or scheme == "file":
+        raw = url[len("file:") :] if scheme == "file" else url
+        if raw.startswith("//"):
+            raw = raw[2:]
+        return _Target(url, safe, scheme, Path(unquote(raw) if scheme else raw), None)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise FatalSourceError(f"{safe}: malformed URL ({exc})") from None
+    if scheme in _NETWORK_SCHEMES_WITH_HOST and not parts.hostname:
+        raise FatalSourceError(f"{safe}: malformed URL (no host)")
+    password = unquote(parts.password) if parts.password else None
+    return _Target(url, safe, scheme, None, password)
+
+
+def ffmpeg_options(cfg: StreamConfig, scheme: str | None, read_timeout_s: float) -> dict[str, str]:
+    """FFmpeg options for ``scheme``: TCP for RTSP (UDP loses packets and is blocked by most NATs)
+    and socket I/O timeouts, in microseconds as FFmpeg >= 5 expects them, so a dead peer errors out."""
+    micros = str(int(read_timeout_s * 1_000_000))
+    if scheme in ("rtsp", "rtsps"):
+        return {"rtsp_transport": "tcp", "timeout": micros, "allowed_media_types": "video"}
+    if scheme in ("http", "https"):
+        return {"timeout": micros, "rw_timeout": micros}
+    if scheme in (None, "file"):
+        return {}
+    return {"rw_timeout": micros}
+
+
+class _Stalled(SourceError):
+    """No frame within the watchdog or read timeout."""
+
+
+class VideoSource:
+    """One video feed decoded in a dedicated thread, consumed with ``await next_frame()``.
+
+    ``on_state(state, detail)`` runs on the event loop thread at every change of state or of
+    its detail; ``detail`` says what went wrong in plain words and never contains a password.
+    ``backoff_min_s``/``backoff_max_s`` bound the reconnect delay, which doubles after each
+    failed attempt and starts again from the minimum once frames have flowed.
+    """
+
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        on_state: StateCallback | None = None,
+        *,
+        backoff_min_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        if not 0 < backoff_min_s <= backoff_max_s:
+            raise ValueError("need 0 < backoff_min_s <= backoff_max_s")
+        self.cfg = cfg
+        self.name = cfg.name
+        self._on_state = on_state
+        self._backoff_min_s = backoff_min_s
+        self._backoff_max_s = backoff_max_s
+        # A blocked FFmpeg read must end by the watchdog too, so it is bounded by the smaller one.
+        self._read_timeout_s = min(cfg.read_timeout_s, cfg.watchdog_s)
+        self._safe_url = redact_url(cfg.url)
+        self._is_file = _SCHEME_RE.match(cfg.url) is None or cfg.url.lower().startswith("file:")
+        # Only local files are paced (live feeds pace themselves) or held back by the consumer.
+        self._realtime = cfg.realtime and self._is_file
+        self._backpressure = self._is_file and not cfg.realtime
+
+        self._lock = threading.Condition()
+        self._slot: SampledFrame | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._frame_ready: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
+        self._thread_done = False  # set on the loop thread once the decoder thread has finished
+        self._stopped = False  # stop() was called
+
+        self._state = SourceState.CONNECTING
+        self._detail: str | None = None
+        self._frames_decoded = 0
+        self._frames_sampled = 0
+        self._frames_dropped = 0
+        self._reconnects = 0
+        self._last_error: str | None = None
+        self._width: int | None = None
+        self._height: int | None = None
+        self._decode_times: collections.deque[float] = collections.deque()
+        self._streaming_since: float | None = None
+
+    # ------------------------------------------------------------------ async API (event loop)
+
+    def start(self) -> None:
+        """Start the decoder thread; call from inside the running event loop."""
+        if self._thread is not None:
+            raise RuntimeError(f"source {self.name} already started")
+        self._loop = asyncio.get_running_loop()
+        self._frame_ready = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        log.info("stream %s: starting %s", self.name, self._safe_url, extra={"stream": self.name, "event": "start"})
+        self._emit(SourceState.CONNECTING, None)
+        self._thread.start()
+
+    async def next_frame(self) -> SampledFrame | None:
+        """The next sampled frame (the newest one if several came meanwhile); None once the source has ended."""
+        if self._frame_ready is None:
+            raise RuntimeError(f"source {self.name} not started")
+        while True:
+            self._frame_ready.clear()
+            if self._stopped:
+                return None
+            with self._lock:
+                frame, self._slot = self._slot, None
+                self._lock.notify_all()  # a back-pressured file decoder may go on
+            if frame is not None:
+                return frame
+            if self._thread_done:
+                return None
+            await self._frame_ready.wait()
+
+    async def stop(self, join_timeout_s: float | None = None) -> None:
+        """Stop decoding and wait (off the loop) for the thread to end.
+
+        A thread stuck in a blocking FFmpeg read ends by itself within the read timeout; stop()
+        waits at most ``join_timeout_s`` (default: that timeout plus a second) for it.
+        """
+        self._stopped = True
+        self._stop_requested.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._frame_ready is not None:
+            self._frame_ready.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            timeout = join_timeout_s if join_timeout_s is not None else max(self._read_timeout_s, self.cfg.open_timeout_s) + 1.0
+            await asyncio.to_thread(thread.join, timeout)
+            if thread.is_alive():
+                log.warning("stream %s: decoder thread still blocked after %.1f s; left to finish on its own",
+                            self.name, timeout, extra={"stream": self.name, "event": "stop_timeout"})
+        if self._state not in (SourceState.FAILED, SourceState.STOPPED):
+            self._set_state(SourceState.STOPPED, "stopped")
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @property
+    def stats(self) -> SourceStats:
+        now = time.monotonic()
+        with self._lock:
+            self._prune_decode_times(now)
+            if self._decode_times and self._streaming_since is not None:
+                span = min(FPS_WINDOW_S, max(now - self._streaming_since, 1e-3))
+                fps = len(self._decode_times) / span
+            else:
+                fps = 0.0
+            return SourceStats(
+                state=self._state,
+                fps_in=fps,
+                frames_decoded=self._frames_decoded,
+                frames_sampled=self._frames_sampled,
+                frames_dropped=self._frames_dropped,
+                reconnects=self._reconnects,
+                last_error=self._last_error,
+                width=self._width,
+                height=self._height,
+            )
+
+    def _emit(self, state: SourceState, detail: str | None) -> None:
+        """Runs on the loop thread."""
+        if self._on_state is not None:
+            try:
+                self._on_state(state, detail)
+            except Exception:
+                log.exception("stream %s: on_state callback failed", self.name)
+
+    def _on_thread_done(self) -> None:
+        self._thread_done = True
+        if self._frame_ready is not None:
+            self._frame_ready.set()
+
+    # ------------------------------------------------------------------ thread side
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        """Run ``callback`` on the event loop; a closed loop means nobody listens any more."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # loop closed without stop(): end the thread quietly
+            self._stop_requested.set()
+
+    def _set_state(self, state: SourceState, detail: str | None) -> None:
+        """Record a state and tell on_state if it or its detail changed (any thread)."""
+        with self._lock:
+            if state == self._state and detail == self._detail:
+                return
+            self._state, self._detail = state, detail
+            if state == SourceState.STREAMING:
+                self._streaming_since = time.monotonic()
+        if state in (SourceState.FAILED, SourceState.RECONNECTING):
+            self._last_error = detail
+        if threading.current_thread() is self._thread:
+            self._post(self._emit, state, detail)
+        else:
+            self._emit(state, detail)
+
+    def _log(self, level: int, event: str, message: str, *args: object) -> None:
+        log.log(level, "stream %s: " + message, self.name, *args, extra={"stream": self.name, "event": event})
+
+    def _run(self) -> None:
+        try:
+            self._run_until_done()
+        except Exception as exc:  # a bug, not a stream problem: say so instead of dying silently
+            log.exception("stream %s: decoder thread crashed", self.name)
+            self._set_state(SourceState.FAILED, f"{self._safe_url}: internal error: {self._scrub(str(exc))}")
+        finally:
+            self._post(self._on_thread_done)
+
+    def _run_until_done(self) -> None:
+        try:
+            target = _parse_target(self.cfg.url)
+        except FatalSourceError as exc:
+            self._fail(str(exc))
+            return
+        self._target = target
+        sampler = FrameSampler(self.cfg.sample_fps)
+        delay = self._backoff_min_s
+        attempt = 0
+        timeline = _Timeline()
+        while not self._stop_requested.is_set():
+            if attempt:
+                with self._lock:
+                    self._reconnects += 1
+            attempt += 1
+            frames_before = self._frames_decoded
+            try:
+                self._stream_once(target, sampler, timeline)
+            except FatalSourceError as exc:
+                self._fail(str(exc))
+                return
+            except SourceError as exc:
+                detail = str(exc)
+            except (av.error.FFmpegError, OSError) as exc:
+                detail = self._describe(exc)
+            else:  # end of input
+                if self._stop_requested.is_set():
+                    return
+                if target.is_file:
+                    if not self.cfg.loop:
+                        self._log(logging.INFO, "eof", "end of file %s", self._safe_url)
+                        self._set_state(SourceState.STOPPED, "end of file")
+                        return
+                    if self._frames_decoded == frames_before:
+                        self._fail(f"{self._safe_url}: no decodable video frame")
+                        return
+                    timeline.new_pass()
+                    self._log(logging.DEBUG, "loop", "looping %s", self._safe_url)
+                    attempt = 0  # a loop is not a reconnect
+                    continue
+                detail = f"{self._safe_url}: stream ended"
+            if self._stop_requested.is_set():
+                return
+            if target.is_file:  # a local file that errors will error again
+                self._fail(detail)
+                return
+            if self._frames_decoded > frames_before:
+                delay = self._backoff_min_s  # it worked for a while: retry quickly
+            self._set_state(SourceState.RECONNECTING, detail)
+            self._log(logging.WARNING, "reconnect", "%s; retrying in %.1f s", detail, delay)
+            if self._stop_requested.wait(delay):
+                return
+            delay = min(delay * 2, self._backoff_max_s)
+
+    def _fail(self, detail: str) -> None:
+        self._log(logging.ERROR, "failed", "%s; giving up", detail)
+        self._set_state(SourceState.FAILED, detail)
+
+    def _open(self, target: _Target) -> av.container.InputContainer:
+        if target.local_path is not None:
+            path = target.local_path
+            if not path.exists():
+                raise FatalSourceError(f"{self._safe_url}: file not found")
+            if not path.is_file():
+                raise FatalSourceError(f"{self._safe_url}: not a regular file")
+        started = time.monotonic()
+        try:
+            return av.open(
+                str(target.local_path) if target.local_path is not None else target.url,
+                mode="r",
+                options=ffmpeg_options(self.cfg, target.scheme, self._read_timeout_s),
+                timeout=(self.cfg.open_timeout_s, self._read_timeout_s),
+            )
+        except av.error.ProtocolNotFoundError:
+            raise FatalSourceError(f"{self._safe_url}: unsupported URL scheme {target.scheme!r} (no such FFmpeg protocol)") from None
+        except (av.error.FFmpegError, OSError) as exc:
+            elapsed = time.monotonic() - started
+            if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)) or elapsed >= 0.95 * self.cfg.open_timeout_s:
+                detail = f"{self._safe_url}: no answer within {self.cfg.open_timeout_s:g} s (open timeout)"
+            else:
+                detail = self._describe(exc)
+            if target.is_file:
+                raise FatalSourceError(f"{detail} (not a readable video file?)" if "Invalid data" in detail else detail) from None
+            raise SourceError(detail) from None
+
+    def _stream_once(self, target: _Target, sampler: FrameSampler, timeline: _Timeline) -> None:
+        """Open, decode until end of input (returns) or error (raises), handing sampled frames over."""
+        container = self._open(target)
+        try:
+            if not container.streams.video:
+                message = f"{self._safe_url}: no video stream"
+                raise FatalSourceError(message) if target.is_file else SourceError(message)
+            video = container.streams.video[0]
+            last_frame_at = time.monotonic()
+            first_frame = True
+            try:
+                for packet in container.demux():
+                    if self._stop_requested.is_set():
+                        return
+                    if packet.stream_index == video.index:
+                        for frame in self._decode(packet):
+                            self._handle_frame(frame, sampler, timeline)
+                            if first_frame:
+                                first_frame = False
+                                self._log(logging.INFO, "streaming", "streaming %s (%dx%d)",
+                                          self._safe_url, frame.width, frame.height)
+                                self._set_state(SourceState.STREAMING, None)
+                            last_frame_at = time.monotonic()
+                            if self._stop_requested.is_set():
+                                return
+                    silent_for = time.monotonic() - last_frame_at
+                    if silent_for > self.cfg.watchdog_s:
+                        raise _Stalled(f"{self._safe_url}: no frame for {self.cfg.watchdog_s:g} s (watchdog)")
+            except (av.error.FFmpegError, OSError) as exc:
+                silent_for = time.monotonic() - last_frame_at
+                if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)) or silent_for >= 0.95 * self._read_timeout_s:
+                    raise _Stalled(self._stall_message()) from None
+                raise SourceError(self._describe(exc)) from None
+            if not target.is_file and time.monotonic() - last_frame_at >= 0.95 * self._read_timeout_s:
+                raise _Stalled(self._stall_message())  # FFmpeg reports an interrupted read as EOF
+        finally:
+            container.close()
+
+    def _stall_message(self) -> str:
+        if self._read_timeout_s >= self.cfg.watchdog_s:
+            return f"{self._safe_url}: no frame for {self.cfg.watchdog_s:g} s (watchdog)"
+        return f"{self._safe_url}: no data for {self._read_timeout_s:g} s (read timeout)"
+
+    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        """Decode one packet; a corrupt packet costs its frames, not the connection."""
+        try:
+            return packet.decode()  # type: ignore[return-value]
+        except av.error.InvalidDataError as exc:
+            self._log(logging.DEBUG, "decode_error", "skipping undecodable packet (%s)", exc.strerror)
+            return []
+
+    def _handle_frame(self, frame: av.VideoFrame, sampler: FrameSampler, timeline: _Timeline) -> None:
+        pts_s = timeline.place(frame.time)
+        if self._realtime:
+            timeline.pace(pts_s, self._stop_requested)
+        now = time.monotonic()
+        with self._lock:
+            self._frames_decoded += 1
+            self._width, self._height = frame.width, frame.height
+            self._decode_times.append(now)
+            self._prune_decode_times(now)
+        if not sampler.accept(pts_s):
+            return
+        image = frame.to_ndarray(format="rgb24")
+        with self._lock:
+            sampled = SampledFrame(image, pts_s, now, time.time(), self._frames_sampled)
+            self._frames_sampled += 1
+            if self._slot is not None:
+                self._frames_dropped += 1
+            self._slot = sampled
+        self._post(self._wake_consumer)
+        if self._backpressure:  # a file waits for its reader: no frame of it is ever skipped
+            with self._lock:
+                while self._slot is not None and not self._stop_requested.is_set():
+                    self._lock.wait(0.5)
+
+    def _wake_consumer(self) -> None:
+        if self._frame_ready is not None:
+            self._frame_ready.set()
+
+    def _prune_decode_times(self, now: float) -> None:
+        """Drop decode times older than the fps window; caller holds the lock."""
+        times = self._decode_times
+        while times and times[0] < now - FPS_WINDOW_S:
+            times.popleft()
+
+    def _describe(self, exc: BaseException) -> str:
+        """``<redacted url>: <reason>`` without the raw URL that FFmpeg errors embed."""
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return f"{self._safe_url}: {self._scrub(reason)}"
+
+    def _scrub(self, text: str) -> str:
+        text = text.replace(self.cfg.url, self._safe_url)
+        password = getattr(getattr(self, "_target", None), "password", None)
+        if password and len(password) >= 3:
+            text = text.replace(password, "***")
+        return text
+
+
+class _Timeline:
+    """Keeps a file's pts continuous across loops and paces realtime decoding on that clock."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._pass_start: float | None = None  # timeline end when a new pass began
+        self._last: float | None = None
+        self._step = 0.04
+        self._anchor: tuple[float, float] | None = None  # (pts, monotonic) pacing reference
+
+    def new_pass(self) -> None:
+        """The file starts again: its next first frame follows the previous last one."""
+        if self._last is not None:
+            self._pass_start = self._last + self._step
+
+    def place(self, raw_pts: float | None) -> float:
+        """The frame's pts in seconds on the continuous timeline; missing pts are extrapolated."""
+        if raw_pts is None:
+            raw_pts = (self._last - self._offset + self._step) if self._last is not None else 0.0
+        if self._pass_start is not None:
+            self._offset = self._pass_start - raw_pts
+            self._pass_start = None
+        pts = raw_pts + self._offset
+        if self._last is not None and 0 < pts - self._last < 1.0:
+            self._step = pts - self._last
+        self._last = pts
+        return pts
+
+    def pace(self, pts: float, stop: threading.Event) -> None:
+        """Sleep until ``pts`` is due on the wall clock (stop-aware)."""
+        now = time.monotonic()
+        if self._anchor is None:
+            self._anchor = (pts, now)
+            return
+        due = self._anchor[1] + (pts - self._anchor[0])
+        wait = due - now
+        if wait > _MAX_PACE_SLEEP_S or wait < -_MAX_PACE_LAG_S:
+            self._anchor = (pts, now)  # pts jumped, or we fell far behind: restart the clock here
+            return
+        if wait > 0:
+            stop.wait(wait)

@@ -1,0 +1,126 @@
+"""`deepfake-stream scan` and `eval` end to end on real encoded video."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream.cli import main
+from tests.fixtures.media import TEST_ENCODER
+
+B0 = ["--encoder", TEST_ENCODER, "--device", "cpu", "--no-progress"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_scan_astronaut_video(astronaut_clip: Path, fake_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    assert main(["scan", str(astronaut_clip), "--out", str(out), "--weights", str(fake_checkpoint), "--frames", "8", *B0]) == 0
+    rows = _rows(out)
+    assert [r["filename"] for r in rows] == ["astronaut.mp4"]
+    assert float(rows[0]["label"]) == pytest.approx(1 / (1 + math.exp(-6)), abs=1e-4)  # the face was found and scored
+
+
+def test_scan_bad_inputs_get_neutral_scores_and_warnings(
+    astronaut_clip: Path, checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "empty.mp4").write_bytes(b"")
+    (videos / "text.mp4").write_text("not a video at all\n" * 100)
+    good = astronaut_clip.read_bytes()
+    (videos / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    corrupt = bytearray(good)
+    for i in range(2000, len(corrupt), 97):
+        corrupt[i] ^= 0xFF
+    (videos / "corrupt.mp4").write_bytes(bytes(corrupt))
+    (videos / "notes.txt").write_text("ignored: not a video extension")
+    out = tmp_path / "p.csv"
+    with caplog.at_level(logging.WARNING):
+        assert main(["scan", str(videos), "--out", str(out), "--weights", str(checkpoint), "--frames", "4", *B0]) == 0
+    rows = {r["filename"]: float(r["label"]) for r in _rows(out)}
+    assert set(rows) == {"empty.mp4", "text.mp4", "truncated.mp4", "corrupt.mp4"}
+    assert rows["empty.mp4"] == 0.5 and rows["text.mp4"] == 0.5
+    assert all(0.0 <= v <= 1.0 for v in rows.values())
+    warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert "empty.mp4" in warnings and "empty file" in warnings
+    assert "text.mp4" in warnings and "cannot open as video" in warnings
+
+
+def test_scan_shared_clips(clips_dir: Path, checkpoint: Path, tmp_path: Path) -> None:
+    names = ["liveportrait-d0.mp4", "nicoletmk-Real6.mp4", "wav2lip-kim_lip_synced.mp4"]
+    out = tmp_path / "p.csv"
+    code = main(["scan", *[str(clips_dir / n) for n in names], "--out", str(out), "--weights", str(checkpoint), "--frames", "8", *B0])
+    assert code == 0
+    rows = _rows(out)
+    assert [r["filename"] for r in rows] == names
+    assert all(float(r["label"]) != 0.5 for r in rows)  # faces found in every clip
+
+
+def test_eval_matches_hand_computed_log_loss(tmp_path: Path) -> None:
+    preds = tmp_path / "p.csv"
+    preds.write_text("filename,label\na.mp4,0.9\nb.mp4,0.2\nc.mp4,0.6\nd.mp4,1.0\nx.mp4,0.5\n")
+    labels = tmp_path / "metadata.json"
+    labels.write_text(json.dumps({n: {"label": lab} for n, lab in [("a.mp4", "FAKE"), ("b.mp4", "REAL"), ("c.mp4", "REAL"), ("d.mp4", "REAL"), ("e.mp4", "FAKE")]}))
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "eval", str(preds), "--labels", str(labels), "--json"], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    eps = 1e-15
+    expected = -(math.log(0.9) + math.log(0.8) + math.log(0.4) + math.log(1 - (1 - eps))) / 4  # 1.0 is clipped to 1 - 1e-15
+    assert result["log_loss"] == pytest.approx(expected, rel=1e-9)
+    assert result["scored"] == 4 and result["missing"] == 1 and result["unlabelled"] == 1
+    assert result["accuracy"] == pytest.approx(2 / 4)
+    assert result["roc_auc"] == pytest.approx(2 / 3)
+
+
+def test_eval_with_labels_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    preds = tmp_path / "p.csv"
+    preds.write_text("filename,label\na.mp4,0.7\nb.mp4,0.3\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label,kind\na.mp4,FAKE,x\nb.mp4,REAL,y\n")
+    assert main(["eval", str(preds), "--labels", str(labels)]) == 0
+    out = capsys.readouterr().out
+    assert "log_loss  0.35667" in out and "roc_auc   1.00000" in out and "2 scored" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["scan", "/does/not/exist.mp4"], "no such file"),
+        (["scan", "x.mp4", "--frames", "0"], "--frames must be positive"),
+        (["eval", "nope.csv", "--labels", "nope.json"], "predictions file not found"),
+        (["scan"], "required: inputs"),
+        (["frobnicate"], "invalid choice"),
+        (["run", "--config", "/no/such/config.yaml"], "config file not found"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_bad_predictions_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    preds = tmp_path / "p.csv"
+    preds.write_text("filename,label\na.mp4,1.7\n")
+    labels = tmp_path / "l.csv"
+    labels.write_text("file,label\na.mp4,FAKE\n")
+    assert main(["eval", str(preds), "--labels", str(labels)]) == 2
+    assert "outside [0, 1]" in capsys.readouterr().err
+
+
+def test_wrong_checkpoint_is_one_line(astronaut_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "bogus.pth"
+    bogus.write_bytes(b"nope")
+    assert main(["scan", str(astronaut_clip), "--out", str(tmp_path / "p.csv"), "--weights", str(bogus), *B0]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bogus.pth" in err and "not a loadable PyTorch weights file" in err
