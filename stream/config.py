@@ -68,6 +68,14 @@ class StreamConfig(StrictModel):
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 10.0
     watchdog_s: PositiveFloat = 10.0
+    reconnect_min_s: PositiveFloat = 1.0  # backoff doubles from here after each failed attempt
+    reconnect_max_s: PositiveFloat = 30.0
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> StreamConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
 
 
 class WindowConfig(StrictModel):
