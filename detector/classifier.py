@@ -7,7 +7,7 @@ with ``pretrained=False``: weights only ever come from our checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,15 +104,24 @@ class Ensemble:
     fp16 + channels_last on CUDA (as the winner ran), fp32 on CPU.
     """
 
-    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
+    def __init__(self, models: Sequence[nn.Module], device: torch.device, half: bool | None = None) -> None:
         if not models:
             raise ValueError("an ensemble needs at least one model")
         self.device = device
-        self.half = device.type == "cuda"
+        self.half = device.type == "cuda" if half is None else half
         self.dtype = torch.float16 if self.half else torch.float32
-        self.channels_last = self.half
+        self.channels_last = device.type == "cuda"
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.models = [m.to(device=device, dtype=self.dtype, memory_format=memory_format).eval() for m in models]
+        self.models: list[nn.Module] = [m.to(device=device, dtype=self.dtype, memory_format=memory_format).eval() for m in models]
+        self._runners: list[Callable[[torch.Tensor], torch.Tensor]] = list(self.models)
+
+    def enable_cuda_graphs(self, input_size: int, sizes: tuple[int, ...] | None = None) -> None:
+        """Capture CUDA graphs per model for fixed batch sizes (CUDA only; a no-op on CPU)."""
+        if self.device.type != "cuda":
+            return
+        from detector.cuda_graphs import DEFAULT_SIZES, GraphedModel
+
+        self._runners = [GraphedModel(m, input_size, self.dtype, self.channels_last, sizes or DEFAULT_SIZES, self.device) for m in self.models]
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], encoder: str, device: torch.device) -> Ensemble:
@@ -126,7 +135,7 @@ class Ensemble:
         """Normalised NCHW batch -> fake probabilities, shape (n_models, n_faces)."""
         if x.shape[0] == 0:
             return np.zeros((len(self.models), 0), dtype=np.float32)
-        out = [torch.sigmoid(model(x).float().reshape(-1)) for model in self.models]
+        out = [torch.sigmoid(run(x).float().reshape(-1)) for run in self._runners]
         return torch.stack(out).cpu().numpy()
 
     @staticmethod

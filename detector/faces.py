@@ -82,10 +82,12 @@ class FaceDetector:
         min_face_size: int = 20,
         rescale: RescaleRule = "size",
         max_batch: int = 64,
+        gpu_resize: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.rescale: RescaleRule = rescale
         self.max_batch = max_batch
+        self.gpu_resize = gpu_resize and self.device.type == "cuda"
         self.mtcnn = MTCNN(
             margin=0,
             thresholds=list(thresholds),
@@ -94,34 +96,44 @@ class FaceDetector:
             keep_all=True,
         )
 
-    def _shrink(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+    def _target_size(self, frame: np.ndarray) -> tuple[tuple[int, int], float]:
         height, width = frame.shape[:2]
         scale = detection_scale(width, height, self.rescale)
+        return (max(int(width * scale), 1), max(int(height * scale), 1)), scale
+
+    def _shrink_cpu(self, frames: Sequence[np.ndarray], size: tuple[int, int], scale: float) -> np.ndarray:
+        """PIL's default (bicubic) resize, exactly as the reference kernel."""
         if scale == 1.0:
-            return frame, scale
-        img = Image.fromarray(frame)
-        size = (max(int(width * scale), 1), max(int(height * scale), 1))
-        return np.asarray(img.resize(size=size)), scale
+            return np.stack(frames)
+        return np.stack([np.asarray(Image.fromarray(f).resize(size=size)) for f in frames])
+
+    def _shrink_gpu(self, frames: Sequence[np.ndarray], size: tuple[int, int], scale: float) -> torch.Tensor:
+        """Antialiased bicubic resize on the GPU (PIL-like, not bit-exact): no 1080p resize on the CPU."""
+        batch = torch.from_numpy(np.stack(frames)).pin_memory().to(self.device, non_blocking=True)
+        if scale == 1.0:
+            return batch
+        x = batch.permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
+        return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[FrameFaces]:
         """Detect faces in RGB uint8 HWC frames (any mix of sizes)."""
         results: list[FrameFaces] = [FrameFaces() for _ in frames]
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        shrunk: list[tuple[np.ndarray, float]] = []
+        groups: dict[tuple[tuple[int, ...], tuple[int, int], float], list[int]] = defaultdict(list)
         for i, frame in enumerate(frames):
             if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
                 raise ValueError(f"frame {i}: expected uint8 HxWx3 RGB, got {frame.dtype} {frame.shape}")
-            small, scale = self._shrink(frame)
-            shrunk.append((small, scale))
-            groups[small.shape].append(i)
-        for indices in groups.values():
+            size, scale = self._target_size(frame)
+            groups[(frame.shape, size, scale)].append(i)
+        shrink = self._shrink_gpu if self.gpu_resize else self._shrink_cpu
+        for (_, size, scale), indices in groups.items():
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start : start + self.max_batch]
-                batch = np.stack([shrunk[i][0] for i in chunk])
                 with torch.inference_mode():
+                    batch = shrink([frames[i] for i in chunk], size, scale)
                     batch_boxes, batch_probs = self.mtcnn.detect(batch, landmarks=False)
                 for i, boxes, probs in zip(chunk, batch_boxes, batch_probs, strict=True):
-                    results[i] = self._faces_in(frames[i], boxes, probs, shrunk[i][1])
+                    results[i] = self._faces_in(frames[i], boxes, probs, scale)
         return results
 
     @staticmethod

@@ -42,6 +42,8 @@ class DetectorConfig(StrictModel):
     strategy: Literal["confident", "mean"] = "confident"
     device: str = "auto"
     batch_size: Annotated[int, Field(gt=0, le=1024)] = 64
+    gpu_resize: bool = False  # CUDA: shrink frames for MTCNN on the GPU (PIL-like, not bit-exact)
+    cuda_graphs: bool = False  # CUDA: replay captured graphs for the classifier at fixed batch sizes
 
     @field_validator("device")
     @classmethod
@@ -148,6 +150,13 @@ class LoggingConfig(StrictModel):
     json_format: bool = False
 
 
+class DiscoveryConfig(StrictModel):
+    """Home Assistant MQTT discovery: a score sensor and an alert binary_sensor per stream (stream/discovery.py)."""
+
+    enabled: bool = False
+    prefix: Annotated[str, Field(pattern=r"^[^#+/]([^#+]*[^#+/])?$")] = "homeassistant"  # HA's discovery_prefix
+
+
 class AppConfig(StrictModel):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     streams: list[StreamConfig] = Field(default_factory=list)
@@ -158,6 +167,7 @@ class AppConfig(StrictModel):
     http: HttpConfig = Field(default_factory=HttpConfig)
     whip: WhipConfig = Field(default_factory=WhipConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
 
     @field_validator("streams")
     @classmethod

@@ -15,9 +15,13 @@ def build_detector(cfg: DetectorConfig) -> FaceDetector:
         thresholds=cfg.thresholds,
         min_face_size=cfg.min_face_size,
         rescale=cfg.rescale,
+        gpu_resize=cfg.gpu_resize,
     )
 
 
 def build_ensemble(cfg: DetectorConfig, base: Path | None = None) -> Ensemble:
     """Load every configured checkpoint strictly (CheckpointError names the bad one)."""
-    return Ensemble.from_checkpoints(cfg.weight_paths(base), cfg.encoder, resolve_device(cfg.device))
+    ensemble = Ensemble.from_checkpoints(cfg.weight_paths(base), cfg.encoder, resolve_device(cfg.device))
+    if cfg.cuda_graphs:
+        ensemble.enable_cuda_graphs(cfg.input_size)
+    return ensemble

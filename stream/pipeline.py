@@ -88,11 +88,26 @@ class StreamPipeline:
         consumer = asyncio.create_task(self._consume(), name=f"results-{self.name}")
         try:
             await self._produce()
-        finally:
             await self._results.put(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer
+            await consumer
+        finally:
+            if not consumer.done():
+                consumer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer
+            self._discard_pending()
             self.close_alert("stream ended")
+
+    def _discard_pending(self) -> None:
+        """Cancel samples still in flight when the pipeline stops (the engine then skips them)."""
+        while not self._results.empty():
+            item = self._results.get_nowait()
+            if item is not None:
+                future = item[1]
+                if future.done():
+                    future.exception()  # retrieved: no 'never retrieved' noise
+                else:
+                    future.cancel()
 
     async def _produce(self) -> None:
         while (frame := await self.source.next_frame()) is not None:

@@ -120,8 +120,7 @@ def _parse_target(url: str) -> _Target:
     scheme = match.group(1).lower() if match else None
     if scheme is None or scheme == "file":
         raw = url[len("file:") :] if scheme == "file" else url
-        if raw.startswith("//"):
-            raw = raw[2:]
+        raw = raw.removeprefix("//")
         return _Target(url, safe, scheme, Path(unquote(raw) if scheme else raw), None)
     try:
         parts = urlsplit(url)
@@ -134,7 +133,7 @@ def _parse_target(url: str) -> _Target:
     return _Target(url, safe, scheme, None, password)
 
 
-def ffmpeg_options(cfg: StreamConfig, scheme: str | None, read_timeout_s: float) -> dict[str, str]:
+def ffmpeg_options(scheme: str | None, read_timeout_s: float) -> dict[str, str]:
     """FFmpeg options for ``scheme``: TCP for RTSP (UDP loses packets and is blocked by most NATs)
     and socket I/O timeouts, in microseconds as FFmpeg >= 5 expects them, so a dead peer errors out."""
     micros = str(int(read_timeout_s * 1_000_000))
@@ -178,10 +177,16 @@ class VideoSource:
         # A blocked FFmpeg read must end by the watchdog too, so it is bounded by the smaller one.
         self._read_timeout_s = min(cfg.read_timeout_s, cfg.watchdog_s)
         self._safe_url = redact_url(cfg.url)
-        self._is_file = _SCHEME_RE.match(cfg.url) is None or cfg.url.lower().startswith("file:")
+        self._target: _Target | None = None
+        self._url_error: str | None = None  # reported as ``failed`` once started, like any other error
+        try:
+            self._target = _parse_target(cfg.url)
+        except FatalSourceError as exc:
+            self._url_error = str(exc)
+        is_file = self._target is not None and self._target.is_file
         # Only local files are paced (live feeds pace themselves) or held back by the consumer.
-        self._realtime = cfg.realtime and self._is_file
-        self._backpressure = self._is_file and not cfg.realtime
+        self._realtime = cfg.realtime and is_file
+        self._backpressure = is_file and not cfg.realtime
 
         self._lock = threading.Condition()
         self._slot: SampledFrame | None = None
@@ -234,11 +239,12 @@ class VideoSource:
                 return None
             await self._frame_ready.wait()
 
-    async def stop(self, join_timeout_s: float | None = None) -> None:
-        """Stop decoding and wait (off the loop) for the thread to end.
+    async def stop(self, join_timeout_s: float = 2.0) -> None:
+        """Stop decoding and wait (off the loop) up to ``join_timeout_s`` for the thread to end.
 
-        A thread stuck in a blocking FFmpeg read ends by itself within the read timeout; stop()
-        waits at most ``join_timeout_s`` (default: that timeout plus a second) for it.
+        A running decoder stops at its next packet. One stuck in a blocking FFmpeg open or read
+        cannot be interrupted from outside; it ends by itself within the open/read timeout and
+        changes nothing after stop(), so stop() does not wait for it beyond ``join_timeout_s``.
         """
         self._stopped = True
         self._stop_requested.set()
@@ -248,11 +254,14 @@ class VideoSource:
             self._frame_ready.set()
         thread = self._thread
         if thread is not None and thread.is_alive():
-            timeout = join_timeout_s if join_timeout_s is not None else max(self._read_timeout_s, self.cfg.open_timeout_s) + 1.0
-            await asyncio.to_thread(thread.join, timeout)
+            await asyncio.to_thread(thread.join, join_timeout_s)
             if thread.is_alive():
-                log.warning("stream %s: decoder thread still blocked after %.1f s; left to finish on its own",
-                            self.name, timeout, extra={"stream": self.name, "event": "stop_timeout"})
+                self._log(
+                    logging.INFO,
+                    "stop_pending",
+                    "decoder thread blocked in FFmpeg; it ends within %.1f s",
+                    max(self._read_timeout_s, self.cfg.open_timeout_s),
+                )
         if self._state not in (SourceState.FAILED, SourceState.STOPPED):
             self._set_state(SourceState.STOPPED, "stopped")
 
@@ -266,7 +275,8 @@ class VideoSource:
         with self._lock:
             self._prune_decode_times(now)
             if self._decode_times and self._streaming_since is not None:
-                span = min(FPS_WINDOW_S, max(now - self._streaming_since, 1e-3))
+                # At least 1 s: the burst FFmpeg decodes while probing a new connection is not a rate.
+                span = min(FPS_WINDOW_S, max(now - self._streaming_since, 1.0))
                 fps = len(self._decode_times) / span
             else:
                 fps = 0.0
@@ -308,15 +318,21 @@ class VideoSource:
             self._stop_requested.set()
 
     def _set_state(self, state: SourceState, detail: str | None) -> None:
-        """Record a state and tell on_state if it or its detail changed (any thread)."""
+        """Record a state and tell on_state if it or its detail changed (any thread).
+
+        ``failed`` and ``stopped`` are final: a decoder thread that wakes up late from a blocked
+        read after stop() cannot turn a stopped source back into a reconnecting one.
+        """
         with self._lock:
             if state == self._state and detail == self._detail:
+                return
+            if self._state in (SourceState.FAILED, SourceState.STOPPED):
                 return
             self._state, self._detail = state, detail
             if state == SourceState.STREAMING:
                 self._streaming_since = time.monotonic()
-        if state in (SourceState.FAILED, SourceState.RECONNECTING):
-            self._last_error = detail
+            if state in (SourceState.FAILED, SourceState.RECONNECTING):
+                self._last_error = detail
         if threading.current_thread() is self._thread:
             self._post(self._emit, state, detail)
         else:
@@ -335,12 +351,10 @@ class VideoSource:
             self._post(self._on_thread_done)
 
     def _run_until_done(self) -> None:
-        try:
-            target = _parse_target(self.cfg.url)
-        except FatalSourceError as exc:
-            self._fail(str(exc))
+        target = self._target
+        if target is None:
+            self._fail(self._url_error or f"{self._safe_url}: malformed URL")
             return
-        self._target = target
         sampler = FrameSampler(self.cfg.sample_fps)
         delay = self._backoff_min_s
         attempt = 0
@@ -384,7 +398,7 @@ class VideoSource:
             if self._frames_decoded > frames_before:
                 delay = self._backoff_min_s  # it worked for a while: retry quickly
             self._set_state(SourceState.RECONNECTING, detail)
-            self._log(logging.WARNING, "reconnect", "%s; retrying in %.1f s", detail, delay)
+            self._log(logging.WARNING, "reconnect", "%s; retrying in %g s", detail, round(delay, 3))
             if self._stop_requested.wait(delay):
                 return
             delay = min(delay * 2, self._backoff_max_s)
@@ -398,22 +412,28 @@ class VideoSource:
             path = target.local_path
             if not path.exists():
                 raise FatalSourceError(f"{self._safe_url}: file not found")
-            if not path.is_file():
-                raise FatalSourceError(f"{self._safe_url}: not a regular file")
+            if path.is_dir():
+                raise FatalSourceError(f"{self._safe_url}: is a directory, not a video file")
         started = time.monotonic()
         try:
             return av.open(
                 str(target.local_path) if target.local_path is not None else target.url,
                 mode="r",
-                options=ffmpeg_options(self.cfg, target.scheme, self._read_timeout_s),
+                options=ffmpeg_options(target.scheme, self._read_timeout_s),
                 timeout=(self.cfg.open_timeout_s, self._read_timeout_s),
             )
         except av.error.ProtocolNotFoundError:
-            raise FatalSourceError(f"{self._safe_url}: unsupported URL scheme {target.scheme!r} (no such FFmpeg protocol)") from None
+            raise FatalSourceError(
+                f"{self._safe_url}: unsupported URL scheme {target.scheme!r} (no such FFmpeg protocol)"
+            ) from None
         except (av.error.FFmpegError, OSError) as exc:
+            # FFmpeg reports its own timeouts as odd errors ("Invalid data..."): judge by the clock.
+            limit, which = self.cfg.open_timeout_s, "open timeout"
+            if not target.is_file and self._read_timeout_s < limit:  # the socket I/O timeout came first
+                limit, which = self._read_timeout_s, "read timeout"
             elapsed = time.monotonic() - started
-            if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)) or elapsed >= 0.95 * self.cfg.open_timeout_s:
-                detail = f"{self._safe_url}: no answer within {self.cfg.open_timeout_s:g} s (open timeout)"
+            if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)) or elapsed >= 0.95 * limit:
+                detail = f"{self._safe_url}: no answer within {limit:g} s ({which})"
             else:
                 detail = self._describe(exc)
             if target.is_file:
@@ -429,19 +449,18 @@ class VideoSource:
                 raise FatalSourceError(message) if target.is_file else SourceError(message)
             video = container.streams.video[0]
             last_frame_at = time.monotonic()
-            first_frame = True
             try:
                 for packet in container.demux():
                     if self._stop_requested.is_set():
                         return
                     if packet.stream_index == video.index:
                         for frame in self._decode(packet):
-                            self._handle_frame(frame, sampler, timeline)
-                            if first_frame:
-                                first_frame = False
-                                self._log(logging.INFO, "streaming", "streaming %s (%dx%d)",
-                                          self._safe_url, frame.width, frame.height)
+                            if self._state != SourceState.STREAMING:
+                                self._log(
+                                    logging.INFO, "streaming", "streaming %s (%dx%d)", self._safe_url, frame.width, frame.height
+                                )
                                 self._set_state(SourceState.STREAMING, None)
+                            self._handle_frame(frame, sampler, timeline)
                             last_frame_at = time.monotonic()
                             if self._stop_requested.is_set():
                                 return
@@ -475,7 +494,7 @@ class VideoSource:
         pts_s = timeline.place(frame.time)
         if self._realtime:
             timeline.pace(pts_s, self._stop_requested)
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         with self._lock:
             self._frames_decoded += 1
             self._width, self._height = frame.width, frame.height
@@ -485,7 +504,7 @@ class VideoSource:
             return
         image = frame.to_ndarray(format="rgb24")
         with self._lock:
-            sampled = SampledFrame(image, pts_s, now, time.time(), self._frames_sampled)
+            sampled = SampledFrame(image, pts_s, now, wall, self._frames_sampled)
             self._frames_sampled += 1
             if self._slot is not None:
                 self._frames_dropped += 1
@@ -513,7 +532,7 @@ class VideoSource:
 
     def _scrub(self, text: str) -> str:
         text = text.replace(self.cfg.url, self._safe_url)
-        password = getattr(getattr(self, "_target", None), "password", None)
+        password = self._target.password if self._target is not None else None
         if password and len(password) >= 3:
             text = text.replace(password, "***")
         return text

@@ -1,0 +1,307 @@
+"""Throughput and latency of the whole pipeline, and of the DFDC winner's arrangement, in one run.
+
+Part 1 (offline, same pre-decoded 1080p frames and the same model for every row):
+  reference   the winner's way: MTCNN one frame per call (0.5x PIL shrink), the classifier once per
+              32-frame video, no batching across streams;
+  batched     our engine's batches of frames across streams (MTCNN batched, classifier on all crops);
+  +gpu-resize MTCNN's input shrink on the GPU; +graphs CUDA graphs for the classifier;
+  size-rule   our default rescale rule (0.33x for 1920 px wide frames).
+Part 2 (live): N looping, real-time paced 1080p H.264 file streams through the real service path
+(decode thread per stream -> by-pts sampler -> engine -> running score), no MQTT, for N in --streams
+until the engine falls behind. Reports sampled frames/s, faces/s, drops, p50/p99 frame-arrival-to-score
+latency, GPU/CPU utilisation and GPU memory.
+
+    uv run python bench/pipeline.py --clips ../shared/media/clips --out out/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from detector.classifier import DeepFakeClassifier, Ensemble  # noqa: E402
+from detector.engine import InferenceEngine  # noqa: E402
+from detector.faces import FaceDetector  # noqa: E402
+from detector.pipeline import faces_to_scores  # noqa: E402
+from detector.video import read_evenly_spaced_frames  # noqa: E402
+from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
+from stream.pipeline import StreamPipeline  # noqa: E402
+from stream.sources import VideoSource  # noqa: E402
+
+DEFAULT_CLIPS = ["nicoletmk-Real6.mp4", "facenet-video.mp4", "wav2lip-kim_7s_raw.mp4"]
+
+
+class Null:
+    def publish_status(self, *a: object) -> None: ...
+    def publish_score(self, *a: object) -> None: ...
+    def publish_alert(self, *a: object) -> None: ...
+    def publish_snapshot(self, *a: object) -> None: ...
+
+
+class Utilisation:
+    """Samples GPU (nvidia-smi) and process-wide CPU utilisation in the background."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.gpu: list[float] = []
+        self.cpu: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Utilisation:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _cpu_times() -> tuple[float, float]:
+        fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields) - idle, sum(fields)
+
+    def _run(self) -> None:
+        busy0, total0 = self._cpu_times()
+        while not self._stop.wait(self.interval_s):
+            busy1, total1 = self._cpu_times()
+            if total1 > total0:
+                self.cpu.append(100.0 * (busy1 - busy0) / (total1 - total0))
+            busy0, total0 = busy1, total1
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+                self.gpu.append(float(out.stdout.split()[0]))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                pass
+
+    def summary(self) -> dict[str, float | None]:
+        return {
+            "gpu_util_pct": round(float(np.mean(self.gpu)), 1) if self.gpu else None,
+            "cpu_util_pct": round(float(np.mean(self.cpu)), 1) if self.cpu else None,
+        }
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def make_ensemble(encoder: str, models: int, device: torch.device, graphs: bool, input_size: int) -> Ensemble:
+    torch.manual_seed(0)
+    ensemble = Ensemble([DeepFakeClassifier(encoder) for _ in range(models)], device)
+    if graphs:
+        ensemble.enable_cuda_graphs(input_size)
+    return ensemble
+
+
+def run_reference(frames: list[np.ndarray], detector: FaceDetector, ensemble: Ensemble, per_video: int = 32) -> dict[str, float]:
+    """MTCNN one frame per call; the classifier once per 32-frame video (the winner's predict_on_video)."""
+    faces = 0
+    sync()
+    start = time.perf_counter()
+    for v in range(0, len(frames), per_video):
+        crops = []
+        for frame in frames[v : v + per_video]:
+            crops.extend(detector.detect([frame])[0].crops)
+        crops = crops[: 4 * per_video - 1]
+        faces += len(crops)
+        if crops:
+            faces_to_scores(crops, ensemble, 380, batch_size=4 * per_video)
+    sync()
+    seconds = time.perf_counter() - start
+    return {"frames_per_s": len(frames) / seconds, "faces_per_s": faces / seconds, "ms_per_frame": 1000 * seconds / len(frames), "faces": faces}
+
+
+def run_batched(frames: list[np.ndarray], detector: FaceDetector, ensemble: Ensemble, batch: int) -> dict[str, float]:
+    """Our engine's unit of work: a batch of frames (from many streams), then every crop of the batch."""
+    faces = 0
+    sync()
+    start = time.perf_counter()
+    for b in range(0, len(frames), batch):
+        crops = [c for f in detector.detect(frames[b : b + batch]) for c in f.crops]
+        faces += len(crops)
+        if crops:
+            faces_to_scores(crops, ensemble, 380, batch_size=64)
+    sync()
+    seconds = time.perf_counter() - start
+    return {"frames_per_s": len(frames) / seconds, "faces_per_s": faces / seconds, "ms_per_frame": 1000 * seconds / len(frames), "faces": faces}
+
+
+def median_of(fn, repeats: int) -> dict[str, float]:
+    runs = [fn() for _ in range(repeats)]
+    key = sorted(range(len(runs)), key=lambda i: runs[i]["frames_per_s"])[len(runs) // 2]
+    out = dict(runs[key])
+    out["runs_frames_per_s"] = [round(r["frames_per_s"], 2) for r in runs]
+    return out
+
+
+def offline_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
+    frames: list[np.ndarray] = []
+    for name in args.clip_names:
+        frames.extend(read_evenly_spaced_frames(args.clips / name, args.offline_frames // len(args.clip_names)).frames)
+    rows: list[dict[str, object]] = []
+    det_half = FaceDetector(device, rescale="half")
+    det_half_gpu = FaceDetector(device, rescale="half", gpu_resize=True)
+    det_size_gpu = FaceDetector(device, rescale="size", gpu_resize=True)
+    for models in args.models:
+        plain = make_ensemble(args.encoder, models, device, False, 380)
+        graphed = make_ensemble(args.encoder, models, device, device.type == "cuda", 380)
+        # warm-up every path once (cuDNN autotune, lazy init)
+        run_batched(frames[:8], det_half, plain, 8)
+        run_reference(frames[:4], det_half, plain)
+        run_batched(frames[:8], det_size_gpu, graphed, 8)
+        variants = [
+            ("reference (per-frame MTCNN, per-video classifier)", lambda: run_reference(frames, det_half, plain)),
+            (f"batched x{args.max_batch}", lambda: run_batched(frames, det_half, plain, args.max_batch)),
+            (f"batched x{args.max_batch} +gpu-resize", lambda: run_batched(frames, det_half_gpu, plain, args.max_batch)),
+            (f"batched x{args.max_batch} +gpu-resize +graphs", lambda: run_batched(frames, det_half_gpu, graphed, args.max_batch)),
+            (f"batched x{args.max_batch} +gpu-resize +graphs, size rule", lambda: run_batched(frames, det_size_gpu, graphed, args.max_batch)),
+        ]
+        base = None
+        for label, fn in variants:
+            result = median_of(fn, args.repeats)
+            base = base or result["frames_per_s"]
+            row = {"part": "offline", "models": models, "variant": label, "frames": len(frames), **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}}
+            row["speedup_vs_reference"] = round(result["frames_per_s"] / base, 2)
+            rows.append(row)
+            print(f"  {models} model(s)  {label:58s} {result['frames_per_s']:8.1f} frames/s {result['faces_per_s']:8.1f} faces/s  x{row['speedup_vs_reference']}", flush=True)
+        del plain, graphed
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+    return rows
+
+
+async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -> dict[str, object]:
+    pipelines: list[StreamPipeline] = []
+    sources: list[VideoSource] = []
+    window, alerts = WindowConfig(), AlertConfig()
+    for i in range(n):
+        clip = args.clips / args.clip_names[i % len(args.clip_names)]
+        cfg = StreamConfig(name=f"s{i}", url=str(clip), sample_fps=args.sample_fps, loop=True, realtime=True)
+        source = VideoSource(cfg)
+        source.start()
+        sources.append(source)
+        pipelines.append(StreamPipeline(cfg.name, source, engine, Null(), window, alerts))
+    tasks = [asyncio.create_task(p.run()) for p in pipelines]
+    await asyncio.sleep(args.warmup)
+    frames0, faces0 = engine.stats.frames, engine.stats.faces
+    eng_drop0 = sum(engine.stats.dropped.values())
+    src_drop0 = sum(s.stats.frames_dropped for s in sources)
+    for p in pipelines:
+        p.latencies.clear()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with Utilisation() as util:
+        await asyncio.sleep(args.duration)
+    seconds = time.perf_counter() - t0
+    frames = engine.stats.frames - frames0
+    latencies = np.array([x for p in pipelines for x in p.latencies]) * 1000
+    fps_in = float(np.mean([s.stats.fps_in for s in sources]))
+    result = {
+        "part": "live",
+        "streams": n,
+        "expected_samples_per_s": n * args.sample_fps,
+        "samples_per_s": round(frames / seconds, 2),
+        "faces_per_s": round((engine.stats.faces - faces0) / seconds, 2),
+        "engine_dropped": sum(engine.stats.dropped.values()) - eng_drop0,
+        "source_dropped": sum(s.stats.frames_dropped for s in sources) - src_drop0,
+        "latency_p50_ms": round(float(np.percentile(latencies, 50)), 1) if len(latencies) else None,
+        "latency_p99_ms": round(float(np.percentile(latencies, 99)), 1) if len(latencies) else None,
+        "decode_fps_per_stream": round(fps_in, 1),
+        "gpu_mem_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        **util.summary(),
+    }
+    for s in sources:
+        await s.stop()
+    _, pending = await asyncio.wait(tasks, timeout=30)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for i in range(n):
+        engine.forget(f"s{i}")
+    return result
+
+
+def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
+    ensemble = make_ensemble(args.encoder, 1, device, device.type == "cuda", 380)
+    detector = FaceDetector(device, rescale="size", gpu_resize=True)
+    engine = InferenceEngine(detector, ensemble, 380, args.max_batch, args.max_wait_ms, max_pending_per_stream=2)
+    rows = []
+    try:
+        for n in args.streams:
+            row = asyncio.run(live_once(n, args, engine))
+            behind = row["samples_per_s"] < 0.9 * row["expected_samples_per_s"] or (row["engine_dropped"] + row["source_dropped"]) > 0.02 * row["expected_samples_per_s"] * args.duration
+            row["falls_behind"] = bool(behind)
+            rows.append(row)
+            print(
+                f"  N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} faces/s {row['faces_per_s']:7.1f} "
+                f"drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
+                f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% cpu {row['cpu_util_pct']}% mem {row['gpu_mem_peak_gib']} GiB{'  BEHIND' if behind else ''}",
+                flush=True,
+            )
+            if behind:
+                break
+    finally:
+        engine.close()
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=Path, default=ROOT.parent / "shared" / "media" / "clips")
+    parser.add_argument("--clip-names", nargs="+", default=DEFAULT_CLIPS)
+    parser.add_argument("--encoder", default="tf_efficientnet_b7.ns_jft_in1k")
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 7], help="ensemble sizes for the offline part")
+    parser.add_argument("--offline-frames", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64, 128, 192, 256])
+    parser.add_argument("--sample-fps", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=20.0)
+    parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "live"])
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpus": os.cpu_count(),
+        "encoder": args.encoder,
+        "sample_fps": args.sample_fps,
+        "clips": args.clip_names,
+    }
+    print(json.dumps(meta))
+    rows: list[dict[str, object]] = []
+    if "offline" in args.parts:
+        print("offline (same frames, same model):", flush=True)
+        rows += offline_part(args, device)
+    if "live" in args.parts:
+        print("live streams (1080p H.264, looped in real time):", flush=True)
+        rows += live_part(args, device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
