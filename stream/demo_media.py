@@ -12,7 +12,6 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from skimage import data
 
 log = logging.getLogger("deepfake_stream.demo")
 
@@ -23,6 +22,8 @@ def astronaut_frame(height: int = 480, width: int | None = None, face_fraction: 
     """The astronaut photo scaled to ``face_fraction`` of the height, centred (shifted by ``shift``) on black."""
     width = width or height * 16 // 9
     side = max(int(height * face_fraction), 8)
+    from skimage import data  # lazy: only demo and test media need the photo
+
     face = cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     y0 = (height - side) // 2
