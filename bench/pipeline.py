@@ -142,6 +142,32 @@ def run_batched(frames: list[np.ndarray], detector: FaceDetector, ensemble: Ense
     return {"frames_per_s": len(frames) / seconds, "faces_per_s": faces / seconds, "ms_per_frame": 1000 * seconds / len(frames), "faces": faces}
 
 
+def box_agreement(frames: list[np.ndarray], ref: FaceDetector, fast: FaceDetector) -> dict[str, object]:
+    """Box-for-box check of our MTCNN cascade against facenet-pytorch's on the same (GPU-shrunk) frames."""
+    from stream.scoring import iou
+
+    same_count, ious, prob_diff = 0, [], []
+    for r, f in zip(ref.detect(frames), fast.detect(frames), strict=True):
+        same_count += len(r) == len(f)
+        left = list(range(len(f)))
+        for box, prob in zip(r.boxes, r.probs, strict=True):
+            if not left:
+                ious.append(0.0)
+                continue
+            j = max(left, key=lambda k: iou(tuple(box), tuple(f.boxes[k])))
+            ious.append(iou(tuple(box), tuple(f.boxes[j])))
+            prob_diff.append(abs(float(prob) - float(f.probs[j])))
+            left.remove(j)
+    return {
+        "frames": len(frames),
+        "frames_with_same_face_count": same_count,
+        "boxes": len(ious),
+        "min_iou": round(min(ious), 4) if ious else None,
+        "mean_iou": round(float(np.mean(ious)), 5) if ious else None,
+        "max_prob_diff": float(max(prob_diff)) if prob_diff else None,
+    }
+
+
 def median_of(fn, repeats: int) -> dict[str, float]:
     runs = [fn() for _ in range(repeats)]
     key = sorted(range(len(runs)), key=lambda i: runs[i]["frames_per_s"])[len(runs) // 2]
@@ -157,20 +183,24 @@ def offline_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
     rows: list[dict[str, object]] = []
     det_half = FaceDetector(device, rescale="half")
     det_half_gpu = FaceDetector(device, rescale="half", gpu_resize=True)
-    det_size_gpu = FaceDetector(device, rescale="size", gpu_resize=True)
+    det_half_fast = FaceDetector(device, rescale="half", gpu_resize=True, fast_mtcnn=True)
+    det_size_fast = FaceDetector(device, rescale="size", gpu_resize=True, fast_mtcnn=True)
+    rows.append({"part": "fast_mtcnn_agreement", **box_agreement(frames, det_half_gpu, det_half_fast)})
+    print(f"  fast MTCNN vs facenet-pytorch on {len(frames)} frames: {rows[-1]}", flush=True)
     for models in args.models:
         plain = make_ensemble(args.encoder, models, device, False, 380)
         graphed = make_ensemble(args.encoder, models, device, device.type == "cuda", 380)
         # warm-up every path once (cuDNN autotune, lazy init)
         run_batched(frames[:8], det_half, plain, 8)
         run_reference(frames[:4], det_half, plain)
-        run_batched(frames[:8], det_size_gpu, graphed, 8)
+        run_batched(frames[:8], det_size_fast, graphed, 8)
         variants = [
             ("reference (per-frame MTCNN, per-video classifier)", lambda: run_reference(frames, det_half, plain)),
             (f"batched x{args.max_batch}", lambda: run_batched(frames, det_half, plain, args.max_batch)),
             (f"batched x{args.max_batch} +gpu-resize", lambda: run_batched(frames, det_half_gpu, plain, args.max_batch)),
             (f"batched x{args.max_batch} +gpu-resize +graphs", lambda: run_batched(frames, det_half_gpu, graphed, args.max_batch)),
-            (f"batched x{args.max_batch} +gpu-resize +graphs, size rule", lambda: run_batched(frames, det_size_gpu, graphed, args.max_batch)),
+            (f"batched x{args.max_batch} +gpu-resize +graphs +fast-mtcnn", lambda: run_batched(frames, det_half_fast, graphed, args.max_batch)),
+            (f"batched x{args.max_batch} +gpu-resize +graphs +fast-mtcnn, size rule", lambda: run_batched(frames, det_size_fast, graphed, args.max_batch)),
         ]
         base = None
         for label, fn in variants:
@@ -239,7 +269,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -
 
 def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
     ensemble = make_ensemble(args.encoder, 1, device, device.type == "cuda", 380)
-    detector = FaceDetector(device, rescale="size", gpu_resize=True)
+    detector = FaceDetector(device, rescale="size", gpu_resize=True, fast_mtcnn=True)
     engine = InferenceEngine(detector, ensemble, 380, args.max_batch, args.max_wait_ms, max_pending_per_stream=2)
     rows = []
     try:

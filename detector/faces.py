@@ -17,6 +17,8 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
+from detector.fast_mtcnn import detect_fast
+
 DEFAULT_THRESHOLDS = (0.7, 0.8, 0.8)
 RescaleRule = Literal["size", "half"]
 
@@ -83,11 +85,13 @@ class FaceDetector:
         rescale: RescaleRule = "size",
         max_batch: int = 64,
         gpu_resize: bool = False,
+        fast_mtcnn: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.rescale: RescaleRule = rescale
         self.max_batch = max_batch
         self.gpu_resize = gpu_resize and self.device.type == "cuda"
+        self.fast_mtcnn = fast_mtcnn
         self.mtcnn = MTCNN(
             margin=0,
             thresholds=list(thresholds),
@@ -131,7 +135,10 @@ class FaceDetector:
                 chunk = indices[start : start + self.max_batch]
                 with torch.inference_mode():
                     batch = shrink([frames[i] for i in chunk], size, scale)
-                    batch_boxes, batch_probs = self.mtcnn.detect(batch, landmarks=False)
+                    if self.fast_mtcnn:
+                        batch_boxes, batch_probs = detect_fast(self.mtcnn, batch)
+                    else:
+                        batch_boxes, batch_probs = self.mtcnn.detect(batch, landmarks=False)
                 for i, boxes, probs in zip(chunk, batch_boxes, batch_probs, strict=True):
                     results[i] = self._faces_in(frames[i], boxes, probs, scale)
         return results

@@ -16,6 +16,7 @@ def build_detector(cfg: DetectorConfig) -> FaceDetector:
         min_face_size=cfg.min_face_size,
         rescale=cfg.rescale,
         gpu_resize=cfg.gpu_resize,
+        fast_mtcnn=cfg.fast_mtcnn,
     )
 
 

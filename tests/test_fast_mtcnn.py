@@ -1,0 +1,55 @@
+"""Our batched MTCNN cascade against facenet-pytorch's, box for box (matched by IoU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.faces import FaceDetector
+from stream.scoring import iou
+from tests.fixtures.media import astronaut_frame
+
+
+def matched_ious(ref: np.ndarray, fast: np.ndarray) -> list[float]:
+    """For each reference box, the IoU of its best match among ours (one-to-one, greedy)."""
+    assert len(ref) == len(fast), (ref, fast)
+    left = list(range(len(fast)))
+    out = []
+    for box in ref:
+        best = max(left, key=lambda j: iou(tuple(box), tuple(fast[j])))
+        out.append(iou(tuple(box), tuple(fast[best])))
+        left.remove(best)
+    return out
+
+
+@pytest.fixture(scope="module")
+def detectors() -> tuple[FaceDetector, FaceDetector]:
+    return FaceDetector("cpu"), FaceDetector("cpu", fast_mtcnn=True)
+
+
+def test_same_boxes_on_the_astronaut(detectors) -> None:
+    ref, fast = detectors
+    frames = [astronaut_frame(h, shift=s) for h, s in ((480, 0), (480, 40), (1080, -60), (2160, 30))]
+    for r, f in zip(ref.detect(frames), fast.detect(frames), strict=True):
+        assert len(r) == len(f) == 1
+        assert min(matched_ious(r.boxes, f.boxes)) > 0.98
+        assert abs(float(r.probs[0]) - float(f.probs[0])) < 1e-3
+
+
+def test_same_faces_on_real_photos(detectors, images_dir) -> None:
+    ref, fast = detectors
+    for name in ("photo-multiface.jpg", "photo-paul_rudd.jpg", "photo-kate_siegel.jpg", "photo-angelina_jolie.jpg", "photo-noise.jpg"):
+        image = np.asarray(Image.open(images_dir / name).convert("RGB"))
+        [r], [f] = ref.detect([image]), fast.detect([image])
+        assert len(r) == len(f), name
+        if len(r):
+            assert min(matched_ious(r.boxes, f.boxes)) > 0.98, name
+
+
+def test_batch_equals_single_frames(detectors) -> None:
+    _, fast = detectors
+    frames = [astronaut_frame(480, shift=s) for s in (-50, 0, 50)]
+    batched = fast.detect(frames)
+    for frame, b in zip(frames, batched, strict=True):
+        np.testing.assert_array_equal(fast.detect([frame])[0].boxes, b.boxes)
