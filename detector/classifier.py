@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from detector.aggregation import Strategy, confident_strategy
+from detector.weights import DEFAULT_ENCODER
 
-DEFAULT_ENCODER = "tf_efficientnet_b7.ns_jft_in1k"
 # The winner's names (timm 0.1.x) map onto today's pretrained tags.
 LEGACY_ENCODER_NAMES = {f"tf_efficientnet_b{i}_ns": f"tf_efficientnet_b{i}.ns_jft_in1k" for i in range(8)}
 
@@ -121,7 +121,8 @@ class Ensemble:
             return
         from detector.cuda_graphs import DEFAULT_SIZES, GraphedModel
 
-        self._runners = [GraphedModel(m, input_size, self.dtype, self.channels_last, sizes or DEFAULT_SIZES, self.device) for m in self.models]
+        pool = torch.cuda.graph_pool_handle()
+        self._runners = [GraphedModel(m, input_size, self.dtype, self.channels_last, sizes or DEFAULT_SIZES, self.device, pool) for m in self.models]
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], encoder: str, device: torch.device) -> Ensemble:

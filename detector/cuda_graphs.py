@@ -12,18 +12,12 @@ import torch
 from torch import nn
 
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64)
-_POOLS: dict[torch.device, tuple[int, int]] = {}
-
-
-def shared_pool(device: torch.device) -> tuple[int, int]:
-    """One memory pool for every graph on a device: they replay one at a time on one stream and their
-    outputs are copied out at once, so the ensemble's models need not each hold a B7's activations."""
-    if device not in _POOLS:
-        _POOLS[device] = torch.cuda.graph_pool_handle()
-    return _POOLS[device]
 
 
 class GraphedModel:
+    """A model's forward captured per batch size; ``pool`` may be shared by the models of one ensemble
+    (they replay one at a time on one stream and their outputs are copied out at once)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -32,6 +26,7 @@ class GraphedModel:
         channels_last: bool,
         sizes: tuple[int, ...] = DEFAULT_SIZES,
         device: torch.device | None = None,
+        pool: tuple[int, int] | None = None,
     ) -> None:
         self.model = model
         self.sizes = tuple(sorted(sizes))
@@ -40,7 +35,7 @@ class GraphedModel:
         self._inputs: dict[int, torch.Tensor] = {}
         self._outputs: dict[int, torch.Tensor] = {}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        pool = shared_pool(self.device)
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         with torch.inference_mode():
             for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory
                 static_in = torch.zeros(size, 3, input_size, input_size, dtype=dtype, device=self.device).contiguous(memory_format=memory_format)

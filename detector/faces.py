@@ -113,7 +113,7 @@ class FaceDetector:
 
     def _shrink_gpu(self, frames: Sequence[np.ndarray], size: tuple[int, int], scale: float) -> torch.Tensor:
         """Antialiased bicubic resize on the GPU (PIL-like, not bit-exact): no 1080p resize on the CPU."""
-        batch = torch.from_numpy(np.stack(frames)).pin_memory().to(self.device, non_blocking=True)
+        batch = torch.from_numpy(np.stack(frames)).to(self.device)
         if scale == 1.0:
             return batch
         x = batch.permute(0, 3, 1, 2).float()

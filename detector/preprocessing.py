@@ -79,11 +79,7 @@ def normalize_batch(
     float32), done where the model runs, cast to the model dtype last.
     """
     device = torch.device(device)
-    tensor = torch.as_tensor(batch)
-    if tensor.device.type == "cpu" and device.type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
-    else:
-        tensor = tensor.to(device)
+    tensor = torch.as_tensor(batch).to(device)
     x = tensor.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)

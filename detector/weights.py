@@ -13,6 +13,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+DEFAULT_ENCODER = "tf_efficientnet_b7.ns_jft_in1k"  # what the published checkpoints were trained with
 RELEASE_URL = "https://github.com/selimsef/dfdc_deepfake_challenge/releases/download/0.0.1"
 PUBLISHED_CHECKPOINTS = (
     "final_111_DeepFakeClassifier_tf_efficientnet_b7_ns_0_36",

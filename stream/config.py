@@ -12,8 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from detector.classifier import DEFAULT_ENCODER
-from detector.weights import PUBLISHED_CHECKPOINTS
+from detector.weights import DEFAULT_ENCODER, PUBLISHED_CHECKPOINTS
 
 StreamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 PositiveFloat = Annotated[float, Field(gt=0)]
