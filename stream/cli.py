@@ -89,11 +89,30 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logging(args: argparse.Namespace, cfg: AppConfig) -> None:
+    """``--log-level``/``--log-json`` win; without them the config's ``logging:`` section applies."""
+    setup_logging(args.log_level or cfg.logging.level, json_format=args.log_json or cfg.logging.json_format)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    _configure_logging(args, cfg)
     from stream.service import run_service
 
     return run_service(cfg, duration_s=args.duration)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream import demo
+
+    if args.clip_out is not None:
+        print(f"demo clip written to {demo.write_clip(args.clip_out)}")
+        return 0
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("--duration must be positive")
+    cfg = _load(args.config)
+    _configure_logging(args, cfg)
+    return demo.main(cfg, config_given=args.config is not None, duration_s=args.duration, broker=args.broker)
 
 
 def build_parser() -> OneLineParser:
@@ -132,6 +151,16 @@ def build_parser() -> OneLineParser:
     run.add_argument("--config", type=Path, default=None)
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="no set-up: analyse the demo clip, embedded MQTT broker, live table")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--config", type=Path, default=None, help="config file (default: ./config.yaml if present); its streams replace the demo clip")
+    demo.add_argument(
+        "--broker", choices=["embedded", "config"], default=None,
+        help="embedded: an in-process broker on loopback; config: the configured one (default: config when --config sets a reachable mqtt.host)",
+    )
+    demo.add_argument("--clip-out", type=Path, default=None, help="only write the demo clip to this file and exit")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -70,6 +70,7 @@ class StreamConfig(StrictModel):
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 10.0
     watchdog_s: PositiveFloat = 10.0
+    decoder: Literal["thread", "process"] = "thread"  # process: decode in a child process (many streams)
     reconnect_min_s: PositiveFloat = 1.0  # backoff doubles from here after each failed attempt
     reconnect_max_s: PositiveFloat = 30.0
 

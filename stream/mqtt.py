@@ -2,18 +2,18 @@
 
 Topics, all under ``cfg.topic_prefix`` (``deepfake`` by default):
 
-============================  =====  ========  ===========================================
-topic                         QoS    retained  delivery
-============================  =====  ========  ===========================================
-``<prefix>/available``        1      yes       ``online`` on every connect; ``offline`` on
-                                               :meth:`MqttPublisher.close` and, as the last
-                                               will, when the connection dies abruptly
-``<prefix>/<stream>/status``  1      yes       latest per stream, replayed on reconnect
-``<prefix>/<stream>/score``   0      no        at most one per ``score_interval_s`` per
-                                               stream, latest wins; dropped while offline
-``<prefix>/<stream>/alert``   1      no        bounded outbox, at-least-once, in order
-``<prefix>/<stream>/snapshot``0      no        raw JPEG; dropped while offline
-============================  =====  ========  ===========================================
+=============================  =====  ========  ===========================================
+topic                          QoS    retained  delivery
+=============================  =====  ========  ===========================================
+``<prefix>/available``         1      yes       ``online`` on every connect; ``offline`` on
+                                                :meth:`MqttPublisher.close` and, as the last
+                                                will, when the connection dies abruptly
+``<prefix>/<stream>/status``   1      yes       latest per stream, replayed on reconnect
+``<prefix>/<stream>/score``    0      no        at most one per ``score_interval_s`` per
+                                                stream, latest wins; dropped while offline
+``<prefix>/<stream>/alert``    1      no        bounded outbox, at-least-once, in order
+``<prefix>/<stream>/snapshot`` 0      no        raw JPEG; dropped while offline
+=============================  =====  ========  ===========================================
 
 The ``publish_*`` methods are plain (non-async) calls that never block the
 detection pipeline: they record what must be sent and wake one sender task that
@@ -44,6 +44,10 @@ if TYPE_CHECKING:  # stream.config pulls in torch through detector.classifier; k
     from stream.config import MqttConfig, TlsConfig
 
 log = logging.getLogger("deepfake_stream.mqtt")
+# paho's own log lines repeat what ours say once per event ("failed to receive on socket" before our
+# "connection lost"); keep them out unless someone lowers this level to debug the protocol.
+_paho_log = logging.getLogger("deepfake_stream.mqtt.paho")
+_paho_log.setLevel(logging.CRITICAL)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
@@ -103,6 +107,11 @@ class MqttPublisher:
 
     ``initial_backoff_s`` is the first reconnect delay (doubling up to
     ``cfg.reconnect_max_s``); tests pass a small value.
+
+    Not thread-safe: call every method from the event loop's thread (from a worker
+    thread, go through ``loop.call_soon_threadsafe``).  One publisher per
+    ``client_id``: the persistent session means a second one would keep taking
+    the session over from the first.
     """
 
     def __init__(self, cfg: MqttConfig, *, initial_backoff_s: float = 1.0) -> None:
@@ -124,12 +133,15 @@ class MqttPublisher:
         self._scores_pending: dict[str, bytes] = {}  # stream -> latest payload not yet sent
         self._score_next_at: dict[str, float] = {}  # stream -> loop time the next score may go
         self._snapshots: deque[tuple[str, bytes]] = deque()
+        self._retained: dict[str, tuple[bytes, int]] = {}  # publish_retained(): topic -> (payload, qos), latest only
+        self._retained_sent: dict[str, tuple[bytes, int]] = {}  # the entry (by identity) sent on this connection
 
         self._wakeup = asyncio.Event()
         self._close_requested = asyncio.Event()
         self._close_deadline = math.inf
         self._stopped = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
+        self._run_cancels = 0  # the run task's cancelling() count when run() started
         self._closed = False
         self._connected = False
         self._ever_connected = False
@@ -242,10 +254,13 @@ class MqttPublisher:
             raise RuntimeError("MqttPublisher.run() is already running")
         if self._closed:
             return
+        self._stopped.clear()
         self._run_task = asyncio.current_task()
+        self._run_cancels = self._run_task.cancelling() if self._run_task is not None else 0
         delay = self._initial_backoff_s
         try:
             while not self._should_stop():
+                self._raise_if_cancel_swallowed()
                 try:
                     await self._connection()
                     break  # close() finished on this connection
@@ -254,7 +269,7 @@ class MqttPublisher:
                         delay = self._initial_backoff_s  # the link worked: start the backoff over
                     self._log_connection_end(exc, delay)
                 except Exception:  # a bug must not take the service down with it
-                    log.exception("MQTT publisher error; reconnecting in %.1f s", delay)
+                    log.exception("MQTT publisher error; reconnecting in %.3g s", delay)
                 finally:
                     self._on_connection_lost()
                 if self._should_stop():
@@ -283,15 +298,19 @@ class MqttPublisher:
         self._wakeup.set()
         task = self._run_task
         if task is None or task.done():
+            if self.pending_alerts:
+                log.warning("MQTT publisher closed before run(): %d alert(s) not delivered", self.pending_alerts)
             return
         try:
             # Beyond the flush deadline, allow for the offline publish and the DISCONNECT.
-            await asyncio.wait_for(asyncio.shield(self._stopped.wait()), timeout_s + _CLOSE_GRACE_S)
+            async with asyncio.timeout(timeout_s + _CLOSE_GRACE_S):
+                await self._stopped.wait()
         except TimeoutError:
             log.warning("MQTT publisher did not stop in time; cancelling it")
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._stopped.wait()), OPERATION_TIMEOUT_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(OPERATION_TIMEOUT_S + _CLOSE_GRACE_S):
+                    await self._stopped.wait()
 
     # ------------------------------------------------------------- internals
 
@@ -308,6 +327,7 @@ class MqttPublisher:
             timeout=OPERATION_TIMEOUT_S,
             will=aiomqtt.Will(self._available_topic, OFFLINE, qos=1, retain=True),
             tls_context=self._tls_context,
+            logger=_paho_log,
         )
 
     async def _connection(self) -> None:
@@ -323,6 +343,7 @@ class MqttPublisher:
             self.connect_failures += 1
             raise
         try:
+            self._raise_if_cancel_swallowed()
             self._on_connected()
             await self._serve(client)
         except asyncio.CancelledError:
@@ -346,6 +367,7 @@ class MqttPublisher:
             self.reconnects += 1
         self._ever_connected = True
         self._status_sent.clear()  # replay every stream's status on this connection
+        self._retained_sent.clear()  # and every publish_retained() message
         log.info(
             "MQTT connected to %s as %r (%d status(es) to replay, %d alert(s) pending)",
             self._address(),
@@ -363,18 +385,17 @@ class MqttPublisher:
 
     def _log_connection_end(self, exc: BaseException, delay: float) -> None:
         user = f" (user {self._cfg.username!r})" if self._cfg.username is not None else ""
-        cause = exc.__cause__ if exc.__cause__ is not None else exc  # aiomqtt wraps the real reason
-        reason = str(cause) or type(cause).__name__
+        reason = _describe_error(exc)
         if self._connected:
             log.warning(
-                "MQTT connection to %s lost: %s; %d alert(s) pending; reconnecting in %.1f s",
+                "MQTT connection to %s lost: %s; %d alert(s) pending; reconnecting in %.3g s",
                 self._address(),
                 reason,
                 self.pending_alerts,
                 delay,
             )
         else:
-            log.warning("MQTT connect to %s%s failed: %s; retrying in %.1f s", self._address(), user, reason, delay)
+            log.warning("MQTT connect to %s%s failed: %s; retrying in %.3g s", self._address(), user, reason, delay)
 
     def _address(self) -> str:
         scheme = "mqtts" if self._tls_context is not None else "mqtt"
@@ -387,9 +408,7 @@ class MqttPublisher:
         try:
             done, _ = await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sender, watcher):
-                task.cancel()
-            await asyncio.gather(sender, watcher, return_exceptions=True)
+            await _cancel_and_wait(sender, watcher)
         (sender if sender in done else watcher).result()
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
@@ -397,6 +416,14 @@ class MqttPublisher:
         loop = asyncio.get_running_loop()
         await client.publish(self._available_topic, ONLINE, qos=1, retain=True)
         while True:
+            # Cleared before looking at the queues, so a publish_*() during any await below
+            # leaves it set and the wait at the bottom returns at once: no lost wake-ups.
+            self._wakeup.clear()
+            if (topic := self._next_unsent_retained()) is not None:  # publish_retained()
+                entry = self._retained[topic]
+                await client.publish(topic, entry[0], qos=entry[1], retain=True)
+                self._retained_sent[topic] = entry
+                continue
             if (stream := self._next_unsent_status()) is not None:
                 version, data = self._statuses[stream]
                 await client.publish(self.topic(stream, "status"), data, qos=1, retain=True)
@@ -414,10 +441,10 @@ class MqttPublisher:
             if self._close_requested.is_set():
                 await client.publish(self._available_topic, OFFLINE, qos=1, retain=True, timeout=_OFFLINE_TIMEOUT_S)
                 return
-            self._wakeup.clear()
             timeout = None if next_score_at is None else max(0.0, next_score_at - loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     async def _deliver_alert(self, client: aiomqtt.Client, alert: _Alert) -> None:
         """Publish one alert and count it delivered only after its PUBACK; on failure it goes back to the head."""
@@ -454,6 +481,12 @@ class MqttPublisher:
                 return stream
         return None
 
+    def _raise_if_cancel_swallowed(self) -> None:
+        """Honour a cancellation that Python 3.11's ``asyncio.wait_for`` (inside aiomqtt) swallowed."""
+        task = self._run_task
+        if task is not None and task.cancelling() > self._run_cancels:
+            raise asyncio.CancelledError
+
     def _should_stop(self) -> bool:
         """After close(): stop once nothing is pending or the flush deadline has passed."""
         return self._close_requested.is_set() and (not self.pending_alerts or self._close_overdue())
@@ -464,7 +497,8 @@ class MqttPublisher:
             await asyncio.sleep(min(delay, self._close_remaining()))
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._close_requested.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._close_requested.wait()
 
     def _close_remaining(self) -> float:
         if not self._close_requested.is_set():
@@ -474,6 +508,35 @@ class MqttPublisher:
     def _close_overdue(self) -> bool:
         return self._close_remaining() <= 0
 
+    # ---------------------------------------------- generic retained messages
+    # For Home Assistant discovery (stream/discovery.py); the sender loop and
+    # _on_connected() each have a one-line hook for these.
+
+    def publish_retained(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> None:
+        """Retained message on any topic; only the latest per topic is kept and it is re-sent on every reconnect.
+
+        Like statuses, replaying restores it on a broker that lost it.  An empty
+        payload clears the broker's retained message for ``topic``.
+        """
+        if not topic or any(ch in topic for ch in "+#\x00"):
+            raise ValueError(f"invalid MQTT topic for a retained message: {topic!r}")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"invalid QoS {qos}")
+        if isinstance(payload, dict):
+            data = encode_json(payload)
+        elif isinstance(payload, str):
+            data = payload.encode("utf-8")
+        else:
+            data = bytes(payload)
+        self._retained[topic] = (data, qos)
+        self._wakeup.set()
+
+    def _next_unsent_retained(self) -> str | None:
+        for topic, entry in self._retained.items():
+            if self._retained_sent.get(topic) is not entry:
+                return topic
+        return None
+
 
 async def _wait_disconnected(client: aiomqtt.Client) -> None:
     """Return only by raising MqttError when the connection drops (we subscribe to nothing)."""
@@ -482,13 +545,48 @@ async def _wait_disconnected(client: aiomqtt.Client) -> None:
     raise aiomqtt.MqttError("message stream ended")
 
 
+async def _cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel ``tasks`` and wait until they have really finished.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt) swallows a cancellation
+    that coincides with the awaited result, after which the task carries on; so
+    cancel again until each one is done.  Their outcomes are retrieved (no
+    "exception was never retrieved" noise); callers read the one they care about.
+    """
+    interrupted = False
+    for task in tasks:
+        task.cancel()
+    while pending := [task for task in tasks if not task.done()]:
+        try:
+            await asyncio.wait(pending, timeout=0.05)
+        except asyncio.CancelledError:
+            interrupted = True  # finish cleaning up, then honour our own cancellation
+        for task in pending:
+            task.cancel()
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
+    if interrupted:
+        raise asyncio.CancelledError
+
+
 async def _exit_quietly(client: aiomqtt.Client, exc: BaseException | None = None) -> None:
     """Leave the client's context after a failure without masking the original error."""
     with contextlib.suppress(Exception):
         await client.__aexit__(type(exc) if exc is not None else None, exc, None)
 
 
+def _describe_error(exc: BaseException) -> str:
+    """A one-line reason: aiomqtt hides the real cause (``__cause__``) and its own message behind a code."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    reason = str(cause) or type(cause).__name__
+    if isinstance(cause, aiomqtt.MqttCodeError) and cause.args and isinstance(cause.args[0], str):
+        reason = f"{cause.args[0]} ({reason})"  # "Unexpected disconnection ([code:128] Unspecified error)"
+    return reason
+
+
 def _check_stream(stream: str) -> None:
     """A stream name is one topic level: no separators or wildcards."""
     if not stream or any(ch in stream for ch in "/+#\x00"):
         raise ValueError(f"invalid stream name for an MQTT topic: {stream!r}")
+

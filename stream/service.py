@@ -20,10 +20,13 @@ from detector.classifier import CheckpointError
 from detector.engine import InferenceEngine
 from stream.config import AppConfig, StreamConfig
 from stream.demo_media import demo_clip
+from stream.discovery import Discovery, start_discovery
 from stream.http import HttpServer
+from stream.metrics import ServiceMetrics
 from stream.models import build_detector, build_ensemble
 from stream.mqtt import MqttPublisher
 from stream.pipeline import FrameSource, Publisher, StreamPipeline
+from stream.process_source import ProcessVideoSource
 from stream.sources import SourceState, VideoSource, redact_url
 
 log = logging.getLogger("deepfake_stream.service")
@@ -71,6 +74,8 @@ class Service:
         self._publisher_task: asyncio.Task[None] | None = None
         self.http: HttpServer | None = None
         self.started_at = time.time()
+        self.metrics: ServiceMetrics | None = None  # ops: /metrics (stream/metrics.py)
+        self.discovery: Discovery | None = None  # ops: Home Assistant discovery (stream/discovery.py)
 
     # ---- lifecycle ---------------------------------------------------------------------
     @property
@@ -86,6 +91,8 @@ class Service:
     async def start(self) -> None:
         if self._engine is None:
             self._engine = await asyncio.to_thread(self._build_engine)
+        self.metrics = ServiceMetrics(self)  # ops hook: batch sizes for /metrics
+        self._engine.on_batch = self.metrics.chain_on_batch(self._engine.on_batch)
         if self._publisher is None:
             if self.cfg.mqtt.enabled:
                 mqtt = MqttPublisher(self.cfg.mqtt)
@@ -93,6 +100,7 @@ class Service:
                 self._publisher_task = asyncio.create_task(mqtt.run(), name="mqtt")
             else:
                 self._publisher = NullPublisher()
+        self.discovery = start_discovery(self.cfg.discovery, self.cfg.mqtt, self._publisher)  # ops hook
         if self.cfg.http.enabled:
             self.http = HttpServer(self)
             await self.http.start()
@@ -118,7 +126,8 @@ class Service:
             if handle_ref:
                 self.set_state(handle_ref[0], state.value, detail)
 
-        source = VideoSource(stream_cfg, on_state, backoff_min_s=stream_cfg.reconnect_min_s, backoff_max_s=stream_cfg.reconnect_max_s)
+        source_cls = ProcessVideoSource if stream_cfg.decoder == "process" else VideoSource
+        source = source_cls(stream_cfg, on_state, backoff_min_s=stream_cfg.reconnect_min_s, backoff_max_s=stream_cfg.reconnect_max_s)
         handle = self._add(name, "url", source)
         handle_ref.append(handle)
         source.start()
@@ -138,6 +147,8 @@ class Service:
         pipeline = StreamPipeline(name, source, self.engine, self.publisher, self.cfg.window, self.cfg.alerts)
         handle = StreamHandle(name, kind, source, pipeline)
         self.streams[name] = handle
+        if self.discovery is not None:  # ops hook: announce the stream to Home Assistant
+            self.discovery.announce(name)
         return handle
 
     def set_state(self, handle: StreamHandle, state: str, detail: str | None) -> None:
@@ -155,7 +166,7 @@ class Service:
             payload.update({"fps_in": round(stats.fps_in, 2), "width": stats.width, "height": stats.height, "reconnects": stats.reconnects})
         return payload
 
-    async def _supervise(self, handle: StreamHandle, source: VideoSource | None) -> None:
+    async def _supervise(self, handle: StreamHandle, source: VideoSource | ProcessVideoSource | None) -> None:
         try:
             await handle.pipeline.run()
         except asyncio.CancelledError:

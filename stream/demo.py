@@ -1,0 +1,353 @@
+"""``deepfake-stream demo``: the service on the demo clip with no set-up at all.
+
+What it does that ``run`` does not:
+
+* MQTT: starts an embedded broker (amqtt, in this process, on loopback) unless
+  the config given with ``--config`` names a broker (``mqtt.host``) that answers,
+  or ``--broker config`` says to use the configured one regardless.
+* Weights: uses the configured checkpoints that exist; with none (a fresh machine,
+  before ``deepfake-stream weights download``) a randomly initialised B0 with a
+  loud warning, at a reduced input size on CPU so two cores keep up.
+* A live terminal table (rich) of the streams, and one final ``demo summary:``
+  line of JSON counts on stdout that scripts and tests can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from stream.config import AppConfig, StreamConfig
+
+log = logging.getLogger("deepfake_stream.demo")
+
+BrokerChoice = Literal["embedded", "config"]
+DEMO_STREAM = {"name": "demo", "url": "demo:", "sample_fps": 2.0}
+FALLBACK_ENCODER = "tf_efficientnet_b0.ns_jft_in1k"
+CPU_FALLBACK_INPUT_SIZE = 160  # B0 at 160 px + MTCNN keeps 2 samples/s on 2 CPU cores
+DEFAULT_HTTP_PORT = 8080
+SUMMARY_PREFIX = "demo summary: "
+BROKER_PREFIX = "demo MQTT broker: "
+RANDOM_WEIGHTS_WARNING = (
+    "NO CLASSIFIER WEIGHTS FOUND ({missing}): the demo runs a RANDOMLY INITIALISED B0 classifier, "
+    "so its scores and alerts are MEANINGLESS until you run `deepfake-stream weights download --dir {weights_dir}`"
+)
+
+
+@dataclass
+class DemoSummary:
+    """The counts printed on the final line (``demo summary: {json}``)."""
+
+    streams: int
+    samples_scored: int
+    faces: int
+    alerts: int
+    scores_published: int
+    alerts_delivered: int
+    broker: str
+    weights: str
+    seconds: float
+
+
+# ------------------------------------------------------------------ decisions
+
+
+def explicit(model: Any, *path: str) -> bool:
+    """Whether the config file set ``path`` itself (pydantic's fields_set), rather than leaving the default."""
+    for name in path:
+        if name not in model.model_fields_set:
+            return False
+        model = getattr(model, name)
+    return True
+
+
+def demo_config(cfg: AppConfig, config_given: bool) -> AppConfig:
+    """The demo clip as the only stream, unless a config given with ``--config`` lists streams."""
+    if config_given and cfg.streams:
+        return cfg
+    return cfg.model_copy(update={"streams": [StreamConfig.model_validate(DEMO_STREAM)]})  # a copy keeps fields_set for explicit()
+
+
+def reachable(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def choose_broker(cfg: AppConfig, config_given: bool, requested: BrokerChoice | None) -> tuple[BrokerChoice, str]:
+    """Embedded unless asked otherwise or a given config names a broker that answers; returns (choice, why)."""
+    if requested is not None:
+        return requested, f"--broker {requested}"
+    if not (config_given and explicit(cfg, "mqtt", "host")):
+        return "embedded", "no broker configured"
+    if reachable(cfg.mqtt.host, cfg.mqtt.port):
+        return "config", f"configured broker {cfg.mqtt.host}:{cfg.mqtt.port} answers"
+    log.warning("configured MQTT broker %s:%d does not answer; using an embedded broker instead", cfg.mqtt.host, cfg.mqtt.port)
+    return "embedded", "configured broker unreachable"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def demo_http_port(cfg: AppConfig) -> int:
+    """The configured port if the config set one, else 8080 when free, else any free port."""
+    if explicit(cfg, "http", "port"):
+        return cfg.http.port
+    return DEFAULT_HTTP_PORT if port_free(cfg.http.host, DEFAULT_HTTP_PORT) else 0
+
+
+# -------------------------------------------------------------- embedded broker
+
+
+class EmbeddedBroker:
+    """An amqtt broker in this event loop, anonymous, on loopback only."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker
+
+        if not log.isEnabledFor(logging.DEBUG):  # amqtt logs every connection at INFO
+            for name in ("amqtt", "transitions"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self._broker = Broker(config)
+        await self._broker.start()
+        log.info("embedded MQTT broker listening on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            with contextlib.suppress(Exception):  # a broker that fails to stop must not fail the demo
+                await asyncio.wait_for(self._broker.shutdown(), 10)
+            self._broker = None
+
+
+# ------------------------------------------------------------------- weights
+
+
+def present_checkpoints(cfg: AppConfig, base: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """(existing, missing) configured checkpoint files."""
+    paths = cfg.detector.weight_paths(base)
+    return [p for p in paths if p.is_file()], [p for p in paths if not p.is_file()]
+
+
+def build_engine(cfg: AppConfig) -> tuple[Any, str]:
+    """The inference engine from the checkpoints on disk, else from a random B0; returns (engine, weights label)."""
+    import torch
+
+    from detector.classifier import DeepFakeClassifier, Ensemble
+    from detector.engine import InferenceEngine
+    from detector.faces import resolve_device
+    from stream.models import build_detector
+
+    det, eng = cfg.detector, cfg.engine
+    device = resolve_device(det.device)
+    existing, missing = present_checkpoints(cfg)
+    input_size = det.input_size
+    if existing:
+        if missing:
+            log.warning("%d of %d configured checkpoints are missing; the demo uses the %d present", len(missing), len(existing) + len(missing), len(existing))
+        ensemble = Ensemble.from_checkpoints(existing, det.encoder, device)
+        label = f"{len(existing)} checkpoint(s) of {det.encoder}"
+        if device.type == "cpu" and len(existing) > 1:
+            log.warning("%d-model ensemble on CPU: expect seconds per sample, not real time (a GPU, or fewer `detector.weights`)", len(existing))
+    else:
+        log.warning(RANDOM_WEIGHTS_WARNING.format(missing=", ".join(p.name for p in missing[:2]) + (" ..." if len(missing) > 2 else ""), weights_dir=det.weights_dir))
+        torch.manual_seed(0)
+        ensemble = Ensemble([DeepFakeClassifier(FALLBACK_ENCODER)], device)
+        if device.type == "cpu":
+            input_size = min(input_size, CPU_FALLBACK_INPUT_SIZE)
+        label = "RANDOM B0 (scores meaningless)"
+    log.info("demo classifier: %s on %s, input %d px", label, device, input_size)
+    engine = InferenceEngine(build_detector(det), ensemble, input_size, eng.max_batch, eng.max_wait_ms, eng.max_pending_per_stream)
+    return engine, label
+
+
+# --------------------------------------------------------------------- table
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render(service: Any, header: str, started: float, duration_s: float | None) -> Group:
+    """The live table: one row per stream, plus MQTT and engine counters."""
+    table = Table(title="deepfake-stream demo", title_justify="left", expand=False)
+    for column, justify in (("stream", "left"), ("state", "left"), ("score", "right"), ("fps in", "right"), ("scored", "right"),
+                            ("faces", "right"), ("alerts", "right"), ("latency", "right"), ("detail", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for handle in list(service.streams.values()):
+        stats = handle.pipeline.stats
+        fps = getattr(getattr(handle.source, "stats", None), "fps_in", None)
+        score_style = "bold red" if handle.pipeline.alerts.active else ""
+        table.add_row(
+            handle.name,
+            Text(handle.state, style="green" if handle.state == "streaming" else "yellow"),
+            Text(_fmt(stats.last_score), style=score_style),
+            _fmt(fps, 1),
+            str(stats.samples_scored),
+            str(stats.faces),
+            Text(str(stats.alerts) + (" ACTIVE" if handle.pipeline.alerts.active else ""), style=score_style),
+            "-" if stats.last_latency_s is None else f"{stats.last_latency_s * 1000:.0f} ms",
+            (handle.detail or "")[:40],
+        )
+    publisher = service.publisher
+    elapsed = time.monotonic() - started
+    left = "" if duration_s is None else f" / {duration_s:.0f} s"
+    footer = (
+        f"MQTT {'connected' if getattr(publisher, 'connected', False) else 'DISCONNECTED'}"
+        f" · scores sent {getattr(publisher, 'scores_published', 0)} · alerts delivered {getattr(publisher, 'alerts_delivered', 0)}"
+        f" · engine queue {service.engine.queue_depth()} · {elapsed:.0f} s{left} · Ctrl-C stops"
+    )
+    return Group(Text(header), table, Text(footer, style="dim"))
+
+
+@contextlib.contextmanager
+def logs_above(live: Live) -> Iterator[None]:
+    """Route our log handler through the Live display's stderr proxy so lines print above the table."""
+    handler = next((h for h in logging.getLogger().handlers if h.get_name() == "deepfake-stream"), None)
+    if handler is None or not isinstance(handler, logging.StreamHandler) or not live.console.is_terminal:
+        yield
+        return
+    previous = handler.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            handler.setStream(previous)
+
+
+# ----------------------------------------------------------------------- run
+
+
+async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: BrokerChoice, console: Console | None = None) -> DemoSummary:
+    """Broker (maybe), service, live table until ``duration_s`` or a signal; returns the summary."""
+    from stream.service import Service
+
+    console = console or _console()
+    broker: EmbeddedBroker | None = None
+    if cfg.mqtt.enabled and broker_choice == "embedded":
+        broker = EmbeddedBroker("127.0.0.1", cfg.mqtt.port if explicit(cfg, "mqtt", "port") else 0)
+        await broker.start()
+        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"host": broker.host, "port": broker.port, "username": None, "password": None, "tls": None})})
+    broker_label = "disabled" if not cfg.mqtt.enabled else f"{'embedded' if broker else 'configured'} mqtt://{cfg.mqtt.host}:{cfg.mqtt.port}"
+    cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update={"port": demo_http_port(cfg)})})
+    print(f"{BROKER_PREFIX}{broker_label} (topics {cfg.mqtt.topic_prefix}/#)", flush=True)
+
+    engine, weights_label = await asyncio.to_thread(build_engine, cfg)
+    service = Service(cfg, engine=engine)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, service.request_stop)
+    started = time.monotonic()
+    try:
+        await service.start()
+        http = f"http://{cfg.http.host}:{service.http.port}" if service.http is not None else "(HTTP off)"
+        header = f"MQTT {broker_label} · {http}/health · {http}/metrics · weights: {weights_label}"
+        log.info("demo running: %s", header)
+        await _show(service, header, started, duration_s, console)
+    finally:
+        await service.stop()
+        if broker is not None:
+            await broker.stop()
+    return _summary(service, broker_label, weights_label, time.monotonic() - started)
+
+
+def _console() -> Console:
+    """stdout; wider than rich's 80 columns when it is a pipe or file, so rows and the header stay whole."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+async def _show(service: Any, header: str, started: float, duration_s: float | None, console: Console) -> None:
+    waiter = asyncio.create_task(service.wait(duration_s), name="demo-wait")
+    with Live(render(service, header, started, duration_s), console=console, refresh_per_second=2, transient=False) as live, logs_above(live):
+        while not waiter.done():
+            live.update(render(service, header, started, duration_s))
+            await asyncio.wait({waiter}, timeout=0.5)
+        live.update(render(service, header, started, duration_s))
+    if not console.is_terminal:
+        console.line()  # Live ends its last frame with a newline only on a terminal
+
+
+def _summary(service: Any, broker_label: str, weights_label: str, seconds: float) -> DemoSummary:
+    stats = [h.pipeline.stats for h in service.streams.values()]
+    publisher = service.publisher
+    return DemoSummary(
+        streams=len(stats),
+        samples_scored=sum(s.samples_scored for s in stats),
+        faces=sum(s.faces for s in stats),
+        alerts=sum(s.alerts for s in stats),
+        scores_published=int(getattr(publisher, "scores_published", 0)),
+        alerts_delivered=int(getattr(publisher, "alerts_delivered", 0)),
+        broker=broker_label,
+        weights=weights_label,
+        seconds=round(seconds, 1),
+    )
+
+
+def main(cfg: AppConfig, config_given: bool, duration_s: float | None, broker: BrokerChoice | None) -> int:
+    """Entry point of ``deepfake-stream demo``; bad checkpoints are one line, exit 2."""
+    from detector.classifier import CheckpointError
+
+    cfg = demo_config(cfg, config_given)
+    choice, why = choose_broker(cfg, config_given, broker)
+    log.info("demo MQTT: %s broker (%s)", choice, why)
+    try:
+        summary = asyncio.run(run_demo(cfg, duration_s, choice))
+    except CheckpointError as exc:
+        log.error("%s", exc)
+        return 2
+    print(SUMMARY_PREFIX + json.dumps(asdict(summary)), flush=True)
+    return 0
+
+
+def write_clip(path: Path) -> Path:
+    """Copy the demo clip to ``path`` (the compose file's RTSP re-publisher streams it)."""
+    import shutil
+
+    from stream.demo_media import demo_clip
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(demo_clip(), path)
+    return path

@@ -1,0 +1,134 @@
+"""Home Assistant MQTT discovery: every stream shows up in HA without YAML.
+
+Per stream, two retained config messages under the discovery prefix
+(``homeassistant`` by default), as HA's MQTT integration expects them::
+
+    <discovery prefix>/sensor/<node_id>/<stream>_score/config         the running score (0..1)
+    <discovery prefix>/binary_sensor/<node_id>/<stream>_alert/config  ON while an alert episode is open
+
+They point at the topics the service already publishes (``<prefix>/<stream>/score``
+and ``<prefix>/<stream>/alert``) and use ``<prefix>/available`` (online/offline,
+including the MQTT last will) for availability, so HA greys the entities out when
+the analyzer dies.  The configs are retained and replayed by the publisher on
+every reconnect, so HA finds them whenever it (re)starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Protocol
+
+from stream.config import DiscoveryConfig, MqttConfig
+
+log = logging.getLogger("deepfake_stream.discovery")
+
+SW_VERSION = "0.1.0"
+ALERT_STATE_TEMPLATE = "{{ 'OFF' if value_json.event == 'end' else 'ON' }}"  # start/update -> ON, end -> OFF
+
+
+class RetainedPublisher(Protocol):
+    def publish_retained(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> None: ...
+
+
+def node_id(client_id: str) -> str:
+    """HA's node_id allows only ``[a-zA-Z0-9_-]``; derived from the MQTT client id so two analyzers differ."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", client_id) or "deepfake_stream"
+
+
+def object_id(stream: str, what: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{stream}_{what}")
+
+
+def config_topic(discovery_prefix: str, component: str, node: str, obj: str) -> str:
+    return f"{discovery_prefix}/{component}/{node}/{obj}/config"
+
+
+def _device(node: str, stream: str) -> dict[str, Any]:
+    """One HA device per stream (a camera or feed), so its two entities group together."""
+    return {
+        "identifiers": [f"{node}_{object_id(stream, 'stream')}"],
+        "name": f"Deepfake analyzer {stream}",
+        "manufacturer": "deepfake-stream",
+        "model": "DFDC-winner EfficientNet ensemble",
+        "sw_version": SW_VERSION,
+    }
+
+
+def _availability(topic_prefix: str) -> dict[str, Any]:
+    return {
+        "availability_topic": f"{topic_prefix}/available",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+
+
+def score_sensor(stream: str, topic_prefix: str, node: str) -> dict[str, Any]:
+    """The ``sensor`` config: the running fakeness score; unitless, so no unit_of_measurement."""
+    obj = object_id(stream, "score")
+    return {
+        "name": "Deepfake score",
+        "unique_id": f"{node}_{obj}",
+        "state_topic": f"{topic_prefix}/{stream}/score",
+        "value_template": "{{ value_json.score }}",
+        "state_class": "measurement",
+        "suggested_display_precision": 3,
+        "icon": "mdi:incognito",
+        "device": _device(node, stream),
+        **_availability(topic_prefix),
+    }
+
+
+def alert_binary_sensor(stream: str, topic_prefix: str, node: str) -> dict[str, Any]:
+    """The ``binary_sensor`` config: ON from an alert's ``start`` (and ``update``) until its ``end``."""
+    obj = object_id(stream, "alert")
+    return {
+        "name": "Deepfake alert",
+        "unique_id": f"{node}_{obj}",
+        "state_topic": f"{topic_prefix}/{stream}/alert",
+        "value_template": ALERT_STATE_TEMPLATE,
+        "payload_on": "ON",
+        "payload_off": "OFF",
+        "device_class": "problem",
+        "json_attributes_topic": f"{topic_prefix}/{stream}/alert",
+        "device": _device(node, stream),
+        **_availability(topic_prefix),
+    }
+
+
+def discovery_messages(stream: str, discovery: DiscoveryConfig, mqtt: MqttConfig) -> dict[str, dict[str, Any]]:
+    """``{config topic: config payload}`` for one stream."""
+    prefix = mqtt.topic_prefix.rstrip("/")
+    node = node_id(mqtt.client_id)
+    return {
+        config_topic(discovery.prefix, "sensor", node, object_id(stream, "score")): score_sensor(stream, prefix, node),
+        config_topic(discovery.prefix, "binary_sensor", node, object_id(stream, "alert")): alert_binary_sensor(stream, prefix, node),
+    }
+
+
+class Discovery:
+    """Announces each stream once to Home Assistant through the publisher's retained messages."""
+
+    def __init__(self, discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: RetainedPublisher) -> None:
+        self.discovery = discovery
+        self.mqtt = mqtt
+        self.publisher = publisher
+        self.announced: set[str] = set()
+
+    def announce(self, stream: str) -> None:
+        if stream in self.announced:
+            return
+        for topic, payload in discovery_messages(stream, self.discovery, self.mqtt).items():
+            self.publisher.publish_retained(topic, payload, qos=1)
+        self.announced.add(stream)
+        log.info("Home Assistant discovery: announced stream %s under %s/", stream, self.discovery.prefix, extra={"stream": stream, "event": "discovery"})
+
+
+def start_discovery(discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: object) -> Discovery | None:
+    """A Discovery when enabled and the publisher can retain (MQTT on), else None."""
+    if not discovery.enabled:
+        return None
+    if not hasattr(publisher, "publish_retained"):
+        log.warning("Home Assistant discovery enabled but MQTT is disabled: nothing announced")
+        return None
+    return Discovery(discovery, mqtt, publisher)  # type: ignore[arg-type]

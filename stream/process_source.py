@@ -1,0 +1,273 @@
+"""A video source decoded in a child process.
+
+Decoding 1080p H.264 in dozens of threads of the analyzer process makes them
+fight the inference engine for the GIL: on a 16-core box, 64 threaded streams
+starved the engine (see README, Capacity).  Here a spawned child runs the same
+``VideoSource`` (reconnects, watchdog, sampling by pts) and hands only the
+sampled frames over through a small ring of shared-memory slots; the parent
+copies a frame out and frees its slot at once.  A decoder that crashes takes
+only its own stream down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+
+from stream.config import StreamConfig
+from stream.sources import SampledFrame, SourceState, SourceStats, VideoSource
+
+log = logging.getLogger("deepfake_stream.sources")
+
+StateCallback = Callable[[SourceState, str | None], None]
+SLOTS = 3
+
+
+def _stats_dict(source: VideoSource) -> dict[str, Any]:
+    s = source.stats
+    return {
+        "state": s.state.value,
+        "fps_in": s.fps_in,
+        "frames_decoded": s.frames_decoded,
+        "frames_sampled": s.frames_sampled,
+        "frames_dropped": s.frames_dropped,
+        "reconnects": s.reconnects,
+        "last_error": s.last_error,
+        "width": s.width,
+        "height": s.height,
+    }
+
+
+class _Ring:
+    """The child's shared-memory slots for one frame shape (a new ring when the resolution changes)."""
+
+    def __init__(self, shape: tuple[int, ...], slots: int) -> None:
+        self.shape = shape
+        self.nbytes = int(np.prod(shape))
+        self.shm = SharedMemory(create=True, size=self.nbytes * slots)
+        self.free = set(range(slots))
+
+    def write(self, slot: int, image: np.ndarray) -> None:
+        np.ndarray(self.shape, np.uint8, buffer=self.shm.buf, offset=slot * self.nbytes)[:] = image
+
+
+async def _child(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[float, float]) -> None:
+    cfg = StreamConfig.model_validate(cfg_data)
+    loop = asyncio.get_running_loop()
+    source: VideoSource
+
+    def on_state(state: SourceState, detail: str | None) -> None:
+        conn.send(("state", state.value, detail, _stats_dict(source)))
+
+    source = VideoSource(cfg, on_state, backoff_min_s=backoff[0], backoff_max_s=backoff[1])
+    rings: dict[str, _Ring] = {}
+    ring: _Ring | None = None
+    dropped = 0
+
+    def on_message() -> None:
+        while conn.poll():
+            try:
+                message = conn.recv()
+            except EOFError:  # the parent is gone
+                loop.create_task(source.stop())
+                loop.remove_reader(conn.fileno())
+                return
+            if message[0] == "free" and message[1] in rings:
+                rings[message[1]].free.add(message[2])
+            elif message[0] == "stop":
+                loop.create_task(source.stop())
+
+    loop.add_reader(conn.fileno(), on_message)
+    source.start()
+    try:
+        while (frame := await source.next_frame()) is not None:
+            if ring is None or ring.shape != frame.image.shape:
+                ring = _Ring(frame.image.shape, SLOTS)
+                rings[ring.shm.name] = ring
+            if not ring.free:
+                dropped += 1  # the parent has not taken the older frames yet: newest-only, like a thread source
+                continue
+            slot = ring.free.pop()
+            ring.write(slot, frame.image)
+            stats = _stats_dict(source)
+            stats["frames_dropped"] += dropped
+            conn.send(("frame", ring.shm.name, slot, ring.shape, frame.pts_s, frame.arrival_monotonic, frame.arrival_wall, frame.index, stats))
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(("end", _stats_dict(source)))
+        for r in rings.values():
+            r.shm.close()
+            with contextlib.suppress(FileNotFoundError):
+                r.shm.unlink()
+
+
+def _child_main(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[float, float], log_level: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a decoder stops
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(name)s[decoder]: %(message)s")
+    asyncio.run(_child(cfg_data, conn, backoff))
+
+
+class ProcessVideoSource:
+    """Same interface as ``VideoSource`` (start, next_frame, stop, state, stats), decoding in a child process."""
+
+    def __init__(self, cfg: StreamConfig, on_state: StateCallback | None = None, *, backoff_min_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._on_state = on_state
+        self._backoff = (backoff_min_s, backoff_max_s)
+        self._state = SourceState.CONNECTING
+        self._stats: dict[str, Any] = {}
+        self._dropped = 0
+        self._newest: SampledFrame | None = None
+        self._ended = False
+        self._send_lock = threading.Lock()
+        self._segments: dict[str, SharedMemory] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self._proc: mp.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA state
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=_child_main, args=(self.cfg.model_dump(mode="json"), child_conn, self._backoff, logging.getLogger().level), name=f"decoder-{self.name}", daemon=True
+        )
+        self._proc.start()
+        child_conn.close()
+        self._reader = threading.Thread(target=self._read, name=f"decoder-reader-{self.name}", daemon=True)
+        self._reader.start()
+
+    # ---- reader thread ------------------------------------------------------------------
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock, contextlib.suppress(OSError, ValueError, BrokenPipeError):
+            assert self._conn is not None
+            self._conn.send(message)
+
+    def _segment(self, name: str) -> SharedMemory:
+        segment = self._segments.get(name)
+        if segment is None:
+            segment = SharedMemory(name=name)
+            with contextlib.suppress(Exception):  # the child owns it: our tracker must not unlink it at exit
+                resource_tracker.unregister(segment._name, "shared_memory")  # noqa: SLF001
+            self._segments[name] = segment
+        return segment
+
+    def _read(self) -> None:
+        assert self._conn is not None and self._loop is not None
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "frame":
+                _, name, slot, shape, pts_s, arrival_mono, arrival_wall, index, stats = message
+                nbytes = int(np.prod(shape))
+                image = np.ndarray(shape, np.uint8, buffer=self._segment(name).buf, offset=slot * nbytes).copy()
+                self._send(("free", name, slot))
+                self._post(self._deliver, SampledFrame(image, pts_s, arrival_mono, arrival_wall, index), stats)
+            elif kind == "state":
+                self._post(self._change_state, SourceState(message[1]), message[2], message[3])
+            elif kind == "end":
+                self._post(self._set_stats, message[1])
+                break
+        code = self._proc.exitcode if self._proc is not None else None
+        self._post(self._finish, code)
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # ---- loop thread --------------------------------------------------------------------
+    def _set_stats(self, stats: dict[str, Any]) -> None:
+        self._stats = stats
+
+    def _deliver(self, frame: SampledFrame, stats: dict[str, Any]) -> None:
+        self._stats = stats
+        if self._newest is not None:
+            self._dropped += 1
+        self._newest = frame
+        assert self._ready is not None
+        self._ready.set()
+
+    def _change_state(self, state: SourceState, detail: str | None, stats: dict[str, Any]) -> None:
+        self._stats = stats
+        self._state = state
+        if self._on_state is not None:
+            self._on_state(state, detail)
+
+    def _finish(self, exit_code: int | None) -> None:
+        self._ended = True
+        if self._state not in (SourceState.FAILED, SourceState.STOPPED):
+            detail = "decoder process ended" if not exit_code else f"decoder process died (exit code {exit_code})"
+            self._change_state(SourceState.FAILED if exit_code else SourceState.STOPPED, detail, self._stats)
+        assert self._ready is not None
+        self._ready.set()
+
+    async def next_frame(self) -> SampledFrame | None:
+        assert self._ready is not None, "source not started"
+        while True:
+            self._ready.clear()
+            if self._newest is not None:
+                frame, self._newest = self._newest, None
+                return frame
+            if self._ended:
+                return None
+            await self._ready.wait()
+
+    async def stop(self, join_timeout_s: float = 5.0) -> None:
+        self._send(("stop",))
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            await asyncio.to_thread(proc.join, join_timeout_s)
+            if proc.is_alive():
+                proc.kill()
+                await asyncio.to_thread(proc.join, 2.0)
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 2.0)
+        for segment in self._segments.values():
+            with contextlib.suppress(Exception):
+                segment.close()
+        self._segments.clear()
+        self._ended = True
+        if self._ready is not None:
+            self._ready.set()
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @property
+    def stats(self) -> SourceStats:
+        s = self._stats
+        return SourceStats(
+            state=self._state,
+            fps_in=float(s.get("fps_in", 0.0)),
+            frames_decoded=int(s.get("frames_decoded", 0)),
+            frames_sampled=int(s.get("frames_sampled", 0)),
+            frames_dropped=int(s.get("frames_dropped", 0)) + self._dropped,
+            reconnects=int(s.get("reconnects", 0)),
+            last_error=s.get("last_error"),
+            width=s.get("width"),
+            height=s.get("height"),
+        )
+
+
+__all__ = ["ProcessVideoSource", "time"]
