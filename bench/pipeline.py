@@ -40,6 +40,7 @@ from detector.pipeline import faces_to_scores  # noqa: E402
 from detector.video import read_evenly_spaced_frames  # noqa: E402
 from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
 from stream.pipeline import StreamPipeline  # noqa: E402
+from stream.process_source import ProcessVideoSource  # noqa: E402
 from stream.sources import VideoSource  # noqa: E402
 
 DEFAULT_CLIPS = ["nicoletmk-Real6.mp4", "facenet-video.mp4", "wav2lip-kim_7s_raw.mp4"]
@@ -237,12 +238,12 @@ def offline_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
 
 async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -> dict[str, object]:
     pipelines: list[StreamPipeline] = []
-    sources: list[VideoSource] = []
+    sources: list[VideoSource | ProcessVideoSource] = []
     window, alerts = WindowConfig(), AlertConfig()
     for i in range(n):
         clip = args.clips / args.clip_names[i % len(args.clip_names)]
-        cfg = StreamConfig(name=f"s{i}", url=str(clip), sample_fps=args.sample_fps, loop=True, realtime=True)
-        source = VideoSource(cfg)
+        cfg = StreamConfig(name=f"s{i}", url=str(clip), sample_fps=args.sample_fps, loop=True, realtime=True, decoder=args.decoder)
+        source = ProcessVideoSource(cfg) if args.decoder == "process" else VideoSource(cfg)
         source.start()
         sources.append(source)
         pipelines.append(StreamPipeline(cfg.name, source, engine, Null(), window, alerts))
@@ -264,6 +265,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -
     fps_in = float(np.mean([s.stats.fps_in for s in sources]))
     result = {
         "part": "live",
+        "decoder": args.decoder,
         "streams": n,
         "expected_samples_per_s": n * args.sample_fps,
         "samples_per_s": round(frames / seconds, 2),
@@ -299,7 +301,7 @@ def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, 
             row["falls_behind"] = bool(behind)
             rows.append(row)
             print(
-                f"  N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} faces/s {row['faces_per_s']:7.1f} "
+                f"  {args.decoder:7s} N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} faces/s {row['faces_per_s']:7.1f} "
                 f"drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
                 f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% cpu {row['cpu_util_pct']}% mem {row['gpu_mem_peak_gib']} GiB{'  BEHIND' if behind else ''}",
                 flush=True,
@@ -325,6 +327,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
+    parser.add_argument("--decoder", choices=["thread", "process"], default="thread", help="decode each live stream in a thread or a child process")
     parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "live"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
     args = parser.parse_args()

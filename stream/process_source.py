@@ -187,7 +187,10 @@ class ProcessVideoSource:
             elif kind == "end":
                 self._post(self._set_stats, message[1])
                 break
-        code = self._proc.exitcode if self._proc is not None else None
+        code = None
+        if self._proc is not None:
+            self._proc.join(5.0)  # reap it, so a crash shows as its exit code
+            code = self._proc.exitcode
         self._post(self._finish, code)
 
     def _post(self, callback: Callable[..., None], *args: object) -> None:
