@@ -2,7 +2,7 @@
 
 Decoding 1080p H.264 in dozens of threads of the analyzer process makes them
 fight the inference engine for the GIL: on a 16-core box, 64 threaded streams
-starved the engine (see README, Capacity).  Here a spawned child runs the same
+starved the engine (see README, Capacity).  Here a child interpreter runs the same
 ``VideoSource`` (reconnects, watchdog, sampling by pts) and hands only the
 sampled frames over through a small ring of shared-memory slots; the parent
 copies a frame out and frees its slot at once.  A decoder that crashes takes
@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing as mp
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -113,10 +115,13 @@ async def _child(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[floa
                 r.shm.unlink()
 
 
-def _child_main(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[float, float], log_level: int) -> None:
+def _child_main(fd: int) -> None:
+    """Entry point of ``python -m stream.process_source FD``: the first message carries the job."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a decoder stops
+    conn = Connection(fd)
+    cfg_data, backoff, log_level = conn.recv()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(name)s[decoder]: %(message)s")
-    asyncio.run(_child(cfg_data, conn, backoff))
+    asyncio.run(_child(cfg_data, conn, tuple(backoff)))
 
 
 class ProcessVideoSource:
@@ -136,20 +141,22 @@ class ProcessVideoSource:
         self._segments: dict[str, SharedMemory] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Event | None = None
-        self._proc: mp.process.BaseProcess | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
-        ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA state
-        self._conn, child_conn = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(
-            target=_child_main, args=(self.cfg.model_dump(mode="json"), child_conn, self._backoff, logging.getLogger().level), name=f"decoder-{self.name}", daemon=True
+        # A fresh interpreter (never a fork of a process that may hold CUDA state), started with -m so
+        # that, unlike multiprocessing's spawn, it does not re-import the parent's __main__ (torch and all).
+        parent_sock, child_sock = socket.socketpair()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.process_source", str(child_sock.fileno())], pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL
         )
-        self._proc.start()
-        child_conn.close()
+        child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        self._send((self.cfg.model_dump(mode="json"), list(self._backoff), logging.getLogger().level))
         self._reader = threading.Thread(target=self._read, name=f"decoder-reader-{self.name}", daemon=True)
         self._reader.start()
 
@@ -163,8 +170,8 @@ class ProcessVideoSource:
         segment = self._segments.get(name)
         if segment is None:
             segment = SharedMemory(name=name)
-            with contextlib.suppress(Exception):  # the child owns it: our tracker must not unlink it at exit
-                resource_tracker.unregister(segment._name, "shared_memory")  # noqa: SLF001
+            # the child owns and unlinks it; our own resource tracker must not try again at exit
+            resource_tracker.unregister(segment._name, "shared_memory")  # noqa: SLF001
             self._segments[name] = segment
         return segment
 
@@ -189,8 +196,8 @@ class ProcessVideoSource:
                 break
         code = None
         if self._proc is not None:
-            self._proc.join(5.0)  # reap it, so a crash shows as its exit code
-            code = self._proc.exitcode
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self._proc.wait(5.0)  # reap it, so a crash shows as its exit code
         self._post(self._finish, code)
 
     def _post(self, callback: Callable[..., None], *args: object) -> None:
@@ -238,11 +245,12 @@ class ProcessVideoSource:
     async def stop(self, join_timeout_s: float = 5.0) -> None:
         self._send(("stop",))
         proc = self._proc
-        if proc is not None and proc.is_alive():
-            await asyncio.to_thread(proc.join, join_timeout_s)
-            if proc.is_alive():
+        if proc is not None and proc.poll() is None:
+            try:
+                await asyncio.to_thread(proc.wait, join_timeout_s)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                await asyncio.to_thread(proc.join, 2.0)
+                await asyncio.to_thread(proc.wait, 2.0)
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 2.0)
         for segment in self._segments.values():
@@ -274,3 +282,6 @@ class ProcessVideoSource:
 
 
 __all__ = ["ProcessVideoSource", "time"]
+
+if __name__ == "__main__":
+    _child_main(int(sys.argv[1]))
