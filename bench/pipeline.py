@@ -242,7 +242,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -
     window, alerts = WindowConfig(), AlertConfig()
     for i in range(n):
         clip = args.clips / args.clip_names[i % len(args.clip_names)]
-        cfg = StreamConfig(name=f"s{i}", url=str(clip), sample_fps=args.sample_fps, loop=True, realtime=True, decoder=args.decoder)
+        cfg = StreamConfig(name=f"s{i}", url=str(clip), sample_fps=args.sample_fps, loop=True, realtime=True, decoder=args.decoder, skip_frames=args.skip_frames)
         source = ProcessVideoSource(cfg) if args.decoder == "process" else VideoSource(cfg)
         source.start()
         sources.append(source)
@@ -266,6 +266,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -
     result = {
         "part": "live",
         "decoder": args.decoder,
+        "skip_frames": args.skip_frames,
         "streams": n,
         "expected_samples_per_s": n * args.sample_fps,
         "samples_per_s": round(frames / seconds, 2),
@@ -301,7 +302,7 @@ def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, 
             row["falls_behind"] = bool(behind)
             rows.append(row)
             print(
-                f"  {args.decoder:7s} N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} faces/s {row['faces_per_s']:7.1f} "
+                f"  {args.decoder:7s} {args.skip_frames:6s} N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} faces/s {row['faces_per_s']:7.1f} "
                 f"drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
                 f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% cpu {row['cpu_util_pct']}% mem {row['gpu_mem_peak_gib']} GiB{'  BEHIND' if behind else ''}",
                 flush=True,
@@ -328,6 +329,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--decoder", choices=["thread", "process"], default="thread", help="decode each live stream in a thread or a child process")
+    parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")
     parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "live"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
     args = parser.parse_args()

@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # inf/NaN are never meaningful here, and an infinite timeout overflows the threads' waits
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class DetectorConfig(StrictModel):
@@ -70,6 +71,7 @@ class StreamConfig(StrictModel):
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 10.0
     watchdog_s: PositiveFloat = 10.0
+    skip_frames: Literal["none", "nonref", "nonkey"] = "none"  # nonref: skip frames no other frame references
     decoder: Literal["thread", "process"] = "thread"  # process: decode in a child process (many streams)
     reconnect_min_s: PositiveFloat = 1.0  # backoff doubles from here after each failed attempt
     reconnect_max_s: PositiveFloat = 30.0
@@ -105,7 +107,7 @@ class EngineConfig(StrictModel):
     """Cross-stream batching on the one inference worker."""
 
     max_batch: Annotated[int, Field(gt=0, le=1024)] = 32
-    max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
+    max_wait_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0  # beyond threading.TIMEOUT_MAX the worker's wait raises
     max_pending_per_stream: Annotated[int, Field(gt=0)] = 4
 
 
@@ -185,8 +187,9 @@ def format_validation_error(source: str, error: ValidationError) -> str:
     """One line per problem: ``source: a.b.0.c: message``."""
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {item['msg']}")
+        # a key from the file is shown escaped when it is not plain text: one problem stays one line
+        where = ".".join(str(p) if str(p).isprintable() and str(p) else repr(str(p)) for p in item["loc"]) or "(top level)"
+        lines.append(f"{source}: {where}: {' '.join(item['msg'].splitlines())}")
     return "\n".join(lines)
 
 
@@ -213,5 +216,9 @@ def load_config(path: str | Path) -> AppConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer literal beyond Python's int string-conversion limit
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     return parse_config(data, str(path))

@@ -448,6 +448,8 @@ class VideoSource:
                 message = f"{self._safe_url}: no video stream"
                 raise FatalSourceError(message) if target.is_file else SourceError(message)
             video = container.streams.video[0]
+            if self.cfg.skip_frames != "none":  # decode less at low sample rates: frames nothing refers to
+                video.codec_context.skip_frame = self.cfg.skip_frames.upper()
             last_frame_at = time.monotonic()
             try:
                 for packet in container.demux():
@@ -456,6 +458,8 @@ class VideoSource:
                     if packet.stream_index == video.index:
                         for frame in self._decode(packet):
                             if self._state != SourceState.STREAMING:
+                                with self._lock:  # the streaming status must carry this session's frame size
+                                    self._width, self._height = frame.width, frame.height
                                 self._log(
                                     logging.INFO, "streaming", "streaming %s (%dx%d)", self._safe_url, frame.width, frame.height
                                 )

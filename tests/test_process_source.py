@@ -64,3 +64,17 @@ async def test_a_crashed_decoder_only_fails_its_stream(astronaut_clip: Path) -> 
         pass
     await source.stop()
     assert details[-1][0] == SourceState.FAILED and "exit code -9" in (details[-1][1] or "")
+
+
+async def test_skipping_non_reference_frames_halves_decoding(clips_dir: Path) -> None:
+    """At 2 samples/s out of 30 fps, frames no other frame refers to need not be decoded at all."""
+    results = {}
+    for skip in ("none", "nonref"):
+        source = VideoSource(StreamConfig(name="s", url=str(clips_dir / "nicoletmk-Real6.mp4"), sample_fps=2, skip_frames=skip))
+        source.start()
+        frames = await _collect(source, 1000)
+        results[skip] = (len(frames), source.stats.frames_decoded)
+        await source.stop()
+    assert results["none"] == (20, 300)
+    assert results["nonref"][0] == 20  # the same number of samples
+    assert results["nonref"][1] < 0.6 * 300
