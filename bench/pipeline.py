@@ -290,6 +290,31 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -
     return result
 
 
+def latency_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
+    """Classifier forward latency at small batches, eager vs CUDA graphs (median of 50 after warm-up)."""
+    if device.type != "cuda":
+        return []
+    rows = []
+    eager = make_ensemble(args.encoder, 1, device, False, 380)
+    graphed = make_ensemble(args.encoder, 1, device, True, 380)
+    for bs in (1, 2, 4, 8, 32):
+        x = torch.randn(bs, 3, 380, 380, device=device, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        result: dict[str, object] = {"part": "classifier_latency", "batch": bs}
+        for label, ens in (("eager", eager), ("graphs", graphed)):
+            for _ in range(5):
+                ens.predict(x)
+            times = []
+            for _ in range(50):
+                sync()
+                t0 = time.perf_counter()
+                ens.predict(x)  # includes the copy of the scores to the host, as the engine does
+                times.append(time.perf_counter() - t0)
+            result[f"{label}_ms"] = round(1000 * float(np.median(times)), 2)
+        rows.append(result)
+        print(f"  B7 batch {bs:3d}: eager {result['eager_ms']:7.2f} ms  graphs {result['graphs_ms']:7.2f} ms", flush=True)
+    return rows
+
+
 def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
     ensemble = make_ensemble(args.encoder, 1, device, device.type == "cuda", 380)
     detector = FaceDetector(device, rescale="size", gpu_resize=True, fast_mtcnn=True)
@@ -330,7 +355,7 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--decoder", choices=["thread", "process"], default="thread", help="decode each live stream in a thread or a child process")
     parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")
-    parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "live"])
+    parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "latency", "live"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -349,6 +374,9 @@ def main() -> int:
     if "offline" in args.parts:
         print("offline (same frames, same model):", flush=True)
         rows += offline_part(args, device)
+    if "latency" in args.parts:
+        print("classifier latency:", flush=True)
+        rows += latency_part(args, device)
     if "live" in args.parts:
         print("live streams (1080p H.264, looped in real time):", flush=True)
         rows += live_part(args, device)
