@@ -39,18 +39,11 @@ from detector.faces import FaceDetector  # noqa: E402
 from detector.pipeline import faces_to_scores  # noqa: E402
 from detector.video import read_evenly_spaced_frames  # noqa: E402
 from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
-from stream.pipeline import StreamPipeline  # noqa: E402
+from stream.pipeline import NullPublisher, StreamPipeline  # noqa: E402
 from stream.process_source import ProcessVideoSource  # noqa: E402
 from stream.sources import VideoSource  # noqa: E402
 
 DEFAULT_CLIPS = ["nicoletmk-Real6.mp4", "facenet-video.mp4", "wav2lip-kim_7s_raw.mp4"]
-
-
-class Null:
-    def publish_status(self, *a: object) -> None: ...
-    def publish_score(self, *a: object) -> None: ...
-    def publish_alert(self, *a: object) -> None: ...
-    def publish_snapshot(self, *a: object) -> None: ...
 
 
 class Utilisation:
@@ -246,7 +239,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -
         source = ProcessVideoSource(cfg) if args.decoder == "process" else VideoSource(cfg)
         source.start()
         sources.append(source)
-        pipelines.append(StreamPipeline(cfg.name, source, engine, Null(), window, alerts))
+        pipelines.append(StreamPipeline(cfg.name, source, engine, NullPublisher(), window, alerts))
     tasks = [asyncio.create_task(p.run()) for p in pipelines]
     await asyncio.sleep(args.warmup)
     frames0, faces0 = engine.stats.frames, engine.stats.faces

@@ -25,22 +25,13 @@ from stream.http import HttpServer
 from stream.metrics import ServiceMetrics
 from stream.models import build_detector, build_ensemble
 from stream.mqtt import MqttPublisher
-from stream.pipeline import FrameSource, Publisher, StreamPipeline
+from stream.pipeline import FrameSource, NullPublisher, Publisher, StreamPipeline
 from stream.process_source import ProcessVideoSource
 from stream.sources import SourceState, VideoSource, redact_url
 
 log = logging.getLogger("deepfake_stream.service")
 
 DEMO_URL = "demo:"
-
-
-class NullPublisher:
-    """Stands in for MQTT when it is disabled (benchmarks, scan-only set-ups)."""
-
-    def publish_status(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_score(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_alert(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_snapshot(self, stream: str, jpeg: bytes) -> None: ...
 
 
 @dataclass
