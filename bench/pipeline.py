@@ -224,7 +224,6 @@ def offline_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
             rows.append(row)
             split = " ".join(f"{k.split('_')[0]} {result[k]:.0%}" for k in ("detect_share", "prepare_share", "classify_share") if k in result)
             print(f"  {models} model(s)  {label:62s} {result['frames_per_s']:8.1f} frames/s {result['faces_per_s']:8.1f} faces/s  x{row['speedup_vs_reference']:<5} {split}", flush=True)
-        del plain, graphed
         torch.cuda.empty_cache() if device.type == "cuda" else None
     return rows
 

@@ -6,7 +6,6 @@ Usage errors, bad files and bad configs print one line and exit 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path

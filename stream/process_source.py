@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -281,7 +280,7 @@ class ProcessVideoSource:
         )
 
 
-__all__ = ["ProcessVideoSource", "time"]
+__all__ = ["ProcessVideoSource"]
 
 if __name__ == "__main__":
     _child_main(int(sys.argv[1]))

@@ -14,7 +14,6 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from detector.classifier import CheckpointError
 from detector.engine import InferenceEngine
@@ -242,4 +241,4 @@ def run_service(cfg: AppConfig, duration_s: float | None = None) -> int:
     return 0
 
 
-__all__ = ["Service", "serve", "run_service", "NullPublisher", "StreamHandle", "Path"]
+__all__ = ["Service", "serve", "run_service", "NullPublisher", "StreamHandle"]
