@@ -27,7 +27,7 @@ ensure_apt_packages() {
     echo "bootstrap: apt-get install ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 case "${1:-}" in
