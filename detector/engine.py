@@ -32,7 +32,7 @@ class SampleDropped(Exception):
 
 
 class EngineError(RuntimeError):
-    """Inference failed for a batch; every frame of that batch gets this error."""
+    """Inference failed for a frame (a failing batch is retried frame by frame, so only the culprits get this)."""
 
 
 class EngineClosed(RuntimeError):
@@ -190,6 +190,11 @@ class InferenceEngine:
             crops = [crop for frame in detections for crop in frame.crops]
             scores = faces_to_scores(crops, self.ensemble, self.input_size, self.classify_batch).mean(axis=0)
         except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the engine
+            if len(batch) > 1:  # one stream's bad frame must not fail the other frames of its batch
+                log.warning("inference failed on a batch of %d frames (%s): %s; retrying them one by one", len(batch), ", ".join(sorted({i.stream for i in batch})), exc)
+                for item in batch:
+                    self._process([item])
+                return
             self.stats.failed_batches += 1
             log.error("inference failed on a batch of %d frames (%s): %s", len(batch), ", ".join(sorted({i.stream for i in batch})), exc)
             for item in batch:

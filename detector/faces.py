@@ -128,6 +128,8 @@ class FaceDetector:
             if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
                 raise ValueError(f"frame {i}: expected uint8 HxWx3 RGB, got {frame.dtype} {frame.shape}")
             size, scale = self._target_size(frame)
+            if min(size) < self.mtcnn.min_face_size:  # below MTCNN's smallest pyramid level: no face fits
+                continue
             groups[(frame.shape, size, scale)].append(i)
         shrink = self._shrink_gpu if self.gpu_resize else self._shrink_cpu
         for (_, size, scale), indices in groups.items():
