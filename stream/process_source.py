@@ -12,6 +12,7 @@ only its own stream down.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -76,6 +77,7 @@ async def _child(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[floa
     rings: dict[str, _Ring] = {}
     ring: _Ring | None = None
     dropped = 0
+    slot_freed = asyncio.Event()
 
     def on_message() -> None:
         while conn.poll():
@@ -87,18 +89,23 @@ async def _child(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[floa
                 return
             if message[0] == "free" and message[1] in rings:
                 rings[message[1]].free.add(message[2])
+                slot_freed.set()
             elif message[0] == "stop":
                 loop.create_task(source.stop())
 
     loop.add_reader(conn.fileno(), on_message)
     source.start()
+    conn.send(("mode", source.holds_back))
     try:
         while (frame := await source.next_frame()) is not None:
             if ring is None or ring.shape != frame.image.shape:
                 ring = _Ring(frame.image.shape, SLOTS)
                 rings[ring.shm.name] = ring
+            while not ring.free and source.holds_back:  # a file read as fast as consumed waits, as in a thread
+                slot_freed.clear()
+                await slot_freed.wait()
             if not ring.free:
-                dropped += 1  # the parent has not taken the older frames yet: newest-only, like a thread source
+                dropped += 1  # a live feed: the parent has not taken the older frames yet, newest only
                 continue
             slot = ring.free.pop()
             ring.write(slot, frame.image)
@@ -134,7 +141,8 @@ class ProcessVideoSource:
         self._state = SourceState.CONNECTING
         self._stats: dict[str, Any] = {}
         self._dropped = 0
-        self._newest: SampledFrame | None = None
+        self._pending: collections.deque[tuple[SampledFrame, str, int]] = collections.deque()
+        self._holds_back = False  # told by the child: a file read as fast as consumed keeps every frame
         self._ended = False
         self._send_lock = threading.Lock()
         self._segments: dict[str, SharedMemory] = {}
@@ -186,8 +194,9 @@ class ProcessVideoSource:
                 _, name, slot, shape, pts_s, arrival_mono, arrival_wall, index, stats = message
                 nbytes = int(np.prod(shape))
                 image = np.ndarray(shape, np.uint8, buffer=self._segment(name).buf, offset=slot * nbytes).copy()
-                self._send(("free", name, slot))
-                self._post(self._deliver, SampledFrame(image, pts_s, arrival_mono, arrival_wall, index), stats)
+                self._post(self._deliver, SampledFrame(image, pts_s, arrival_mono, arrival_wall, index), name, slot, stats)
+            elif kind == "mode":
+                self._holds_back = bool(message[1])
             elif kind == "state":
                 self._post(self._change_state, SourceState(message[1]), message[2], message[3])
             elif kind == "end":
@@ -208,11 +217,14 @@ class ProcessVideoSource:
     def _set_stats(self, stats: dict[str, Any]) -> None:
         self._stats = stats
 
-    def _deliver(self, frame: SampledFrame, stats: dict[str, Any]) -> None:
+    def _deliver(self, frame: SampledFrame, name: str, slot: int, stats: dict[str, Any]) -> None:
+        """A frame's slot is freed when the consumer takes it, so a file read as fast as consumed waits for it."""
         self._stats = stats
-        if self._newest is not None:
+        if self._pending and not self._holds_back:  # a live feed keeps only the newest frame
+            _, old_name, old_slot = self._pending.popleft()
+            self._send(("free", old_name, old_slot))
             self._dropped += 1
-        self._newest = frame
+        self._pending.append((frame, name, slot))
         assert self._ready is not None
         self._ready.set()
 
@@ -234,8 +246,9 @@ class ProcessVideoSource:
         assert self._ready is not None, "source not started"
         while True:
             self._ready.clear()
-            if self._newest is not None:
-                frame, self._newest = self._newest, None
+            if self._pending:
+                frame, name, slot = self._pending.popleft()
+                self._send(("free", name, slot))
                 return frame
             if self._ended:
                 return None

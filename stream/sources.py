@@ -188,6 +188,7 @@ class VideoSource:
         self._realtime = cfg.realtime and is_file
         self._backpressure = is_file and not cfg.realtime
 
+
         self._lock = threading.Condition()
         self._slot: SampledFrame | None = None
         self._thread: threading.Thread | None = None
@@ -210,6 +211,11 @@ class VideoSource:
         self._streaming_since: float | None = None
 
     # ------------------------------------------------------------------ async API (event loop)
+    @property
+    def holds_back(self) -> bool:
+        """True for a file read as fast as consumed: it waits for its reader and never drops a frame."""
+        return self._backpressure
+
 
     def start(self) -> None:
         """Start the decoder thread; call from inside the running event loop."""
