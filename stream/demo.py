@@ -156,8 +156,16 @@ class EmbeddedBroker:
 
     async def stop(self) -> None:
         if self._broker is not None:
-            with contextlib.suppress(Exception):  # a broker that fails to stop must not fail the demo
-                await asyncio.wait_for(self._broker.shutdown(), 10)
+            # amqtt logs the cancellation of its own broadcast loop at ERROR while shutting down; at the
+            # end of the demo that is not an error anyone can act on, so its shutdown is kept quiet.
+            broker_log = logging.getLogger("amqtt.broker")
+            level = broker_log.level
+            broker_log.setLevel(logging.CRITICAL)
+            try:
+                with contextlib.suppress(Exception):  # a broker that fails to stop must not fail the demo
+                    await asyncio.wait_for(self._broker.shutdown(), 10)
+            finally:
+                broker_log.setLevel(level)
             self._broker = None
 
 

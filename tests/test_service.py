@@ -85,7 +85,7 @@ async def test_rtsp_and_file_streams_end_to_end(mqtt_broker: MosquittoBroker, rt
             await seen.wait_for(lambda _: states(seen, "cam")[-1] == "streaming", 60, "cam streaming again")
             n = len(seen.on("deepfake/cam/score"))
             await seen.wait_for(lambda _: len(seen.on("deepfake/cam/score")) > n + 2, 30, "cam scoring again")
-            assert len(seen.on("deepfake/file/score")) > file_scores + 3  # never stopped
+            await seen.wait_for(lambda _: len(seen.on("deepfake/file/score")) > file_scores + 3, 30, "the file stream scoring throughout")
             await seen.wait_for(lambda _: len(alerts(seen, "cam", "start")) == 2, 30, "a new episode after the reconnect")
         finally:
             await service.stop()
