@@ -28,6 +28,7 @@ from stream.demo import BROKER_PREFIX, SUMMARY_PREFIX, choose_broker, demo_confi
 from stream.logs import JsonFormatter
 from stream.service import Service
 from tests.fixtures.media import TEST_ENCODER
+from tests.test_service import service_config
 from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,18 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def ops_config(broker: MosquittoBroker, weights: Path, streams: list[dict[str, Any]], **extra: Any) -> AppConfig:
-    """The service-test pattern: small B0 at 128 px on CPU, fast reconnects, HTTP on a free port."""
-    data = {
-        "detector": {"weights_dir": str(weights.parent), "weights": [weights.name], "encoder": TEST_ENCODER, "device": "cpu", "input_size": 128},
-        "streams": streams,
-        "mqtt": {"host": broker.host, "port": broker.port, "client_id": f"ops-{broker.port}", "reconnect_max_s": 1.0},
-        "alerts": {"min_samples": 2},
-        "window": {"seconds": 4, "max_scores": 8},
-        "engine": {"max_batch": 8, "max_wait_ms": 10},
-        "http": {"port": 0},
-        **extra,
-    }
-    return parse_config(data, "test")
+    """The service-test pattern (small B0 at 128 px on CPU, fast reconnects, HTTP on a free port) under this module's client id."""
+    return service_config(broker, weights, streams, client_id=f"ops-{broker.port}", **extra)
 
 
 def file_stream(name: str, clip: Path) -> dict[str, Any]:

@@ -16,12 +16,12 @@ from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 pytestmark = pytest.mark.timeout(240)
 
 
-def service_config(broker: MosquittoBroker, weights: Path, streams: list[dict], **extra: dict) -> AppConfig:
+def service_config(broker: MosquittoBroker, weights: Path, streams: list[dict], client_id: str | None = None, **extra: dict) -> AppConfig:
     data = {
         # a small classifier input keeps two streams at 2 samples/s within a 2-core CI machine
         "detector": {"weights_dir": str(weights.parent), "weights": [weights.name], "encoder": TEST_ENCODER, "device": "cpu", "input_size": 128},
         "streams": streams,
-        "mqtt": {"host": broker.host, "port": broker.port, "client_id": f"svc-{broker.port}", "reconnect_max_s": 1.0},
+        "mqtt": {"host": broker.host, "port": broker.port, "client_id": client_id or f"svc-{broker.port}", "reconnect_max_s": 1.0},
         "alerts": {"min_samples": 2},
         "window": {"seconds": 4, "max_scores": 8},
         "engine": {"max_batch": 8, "max_wait_ms": 10},
