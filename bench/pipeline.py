@@ -33,15 +33,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from detector.build import build_engine  # noqa: E402
 from detector.classifier import DeepFakeClassifier, Ensemble  # noqa: E402
+from detector.config import DetectorConfig, EngineConfig  # noqa: E402
 from detector.engine import InferenceEngine  # noqa: E402
 from detector.faces import FaceDetector  # noqa: E402
 from detector.pipeline import faces_to_scores  # noqa: E402
 from detector.video import read_evenly_spaced_frames  # noqa: E402
 from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
-from stream.pipeline import NullPublisher, StreamPipeline  # noqa: E402
-from stream.process_source import ProcessVideoSource  # noqa: E402
-from stream.sources import VideoSource  # noqa: E402
+from stream.outputs.publisher import NullPublisher  # noqa: E402
+from stream.pipeline import StreamPipeline  # noqa: E402
+from stream.sources.base import FrameSource  # noqa: E402
+from stream.sources.factory import open_source  # noqa: E402
 
 DEFAULT_CLIPS = ["nicoletmk-Real6.mp4", "facenet-video.mp4", "wav2lip-kim_7s_raw.mp4"]
 
@@ -230,12 +233,12 @@ def offline_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
 
 async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -> dict[str, object]:
     pipelines: list[StreamPipeline] = []
-    sources: list[VideoSource | ProcessVideoSource] = []
+    sources: list[FrameSource] = []
     window, alerts = WindowConfig(), AlertConfig()
     for i in range(n):
         clip = args.clips / args.clip_names[i % len(args.clip_names)]
         cfg = StreamConfig(name=f"s{i}", url=str(clip), sample_fps=args.sample_fps, loop=True, realtime=True, decoder=args.decoder, skip_frames=args.skip_frames)
-        source = ProcessVideoSource(cfg) if args.decoder == "process" else VideoSource(cfg)
+        source = open_source(cfg)
         source.start()
         sources.append(source)
         pipelines.append(StreamPipeline(cfg.name, source, engine, NullPublisher(), window, alerts))
@@ -309,8 +312,9 @@ def latency_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
 
 def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
     ensemble = make_ensemble(args.encoder, 1, device, device.type == "cuda", 380)
-    detector = FaceDetector(device, rescale="size", gpu_resize=True, fast_mtcnn=True)
-    engine = InferenceEngine(detector, ensemble, 380, args.max_batch, args.max_wait_ms, max_pending_per_stream=2)
+    detector_cfg = DetectorConfig(device=str(device), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380)
+    engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=2)
+    engine = build_engine(detector_cfg, engine_cfg, ensemble=ensemble)  # random weights: the shipped builder, no checkpoint
     rows = []
     try:
         for n in args.streams:

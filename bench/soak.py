@@ -58,14 +58,15 @@ sys.path.insert(0, str(ROOT))
 from detector.classifier import DeepFakeClassifier, save_checkpoint  # noqa: E402
 from detector.faces import FaceDetector  # noqa: E402
 from detector.preprocessing import normalize_batch, stack_crops  # noqa: E402
+from stream.app import App  # noqa: E402
 from stream.config import AppConfig, parse_config  # noqa: E402
 from stream.demo_media import astronaut_frame, write_video  # noqa: E402
 from stream.logs import setup_logging  # noqa: E402
-from stream.service import Service  # noqa: E402
+from stream.service import StreamService  # noqa: E402
 
 ENCODER = "tf_efficientnet_b0.ns_jft_in1k"
 CLIP_HEIGHT = 240
-log = logging.getLogger("deepfake_stream.soak")
+log = logging.getLogger("bench.soak")
 
 
 # ------------------------------------------------------------------------------- media and weights
@@ -135,7 +136,7 @@ def proc_status(field: str) -> int:
     raise KeyError(field)
 
 
-def reading(service: Service, started: float, scrapes: dict[str, int]) -> dict[str, Any]:
+def reading(service: StreamService, started: float, scrapes: dict[str, int]) -> dict[str, Any]:
     pipelines = [h.pipeline for h in service.streams.values()]
     publisher: Any = service.publisher
     states: dict[str, int] = {}
@@ -272,7 +273,7 @@ async def soak(args: argparse.Namespace) -> int:
 
     cfg = build_config(args, checkpoint, clips, broker)
     setup_logging(cfg.logging.level)
-    logging.getLogger("deepfake_stream.pipeline").setLevel(logging.ERROR)  # not one line per alert: the readings count them
+    logging.getLogger("stream.pipeline").setLevel(logging.ERROR)  # not one line per alert: the readings count them
     settings = {k: v for k, v in vars(args).items()}
     settings.update({"clips": [str(c) for c in clips], "mqtt_broker": None if broker is None else f"mosquitto {broker.host}:{broker.port}",
                      "cpus": os.cpu_count(), "python": platform.python_version(), "torch_threads": torch.get_num_threads()})  # fmt: skip
@@ -291,12 +292,12 @@ async def soak(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(out)
 
-    service = Service(cfg)
+    app = App(cfg)
     started = time.monotonic()
     final_states: dict[str, str] = {}
     try:
-        await service.start()
-        port = service.http.port if service.http is not None else None
+        service = await app.start()
+        port = app.http.port if app.http is not None else None
         deadline = started + args.minutes * 60
         next_at = started + args.interval
         while True:
@@ -311,7 +312,7 @@ async def soak(args: argparse.Namespace) -> int:
             next_at += args.interval
         final_states = {name: handle.state for name, handle in service.streams.items()}
     finally:
-        await service.stop()
+        await app.stop()
         if broker is not None:
             broker.stop()
     growth, problems = judge(readings, args, calibration is not None, final_states)

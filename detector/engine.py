@@ -24,7 +24,7 @@ from detector.classifier import Ensemble
 from detector.faces import FaceDetector
 from detector.pipeline import faces_to_scores
 
-log = logging.getLogger("deepfake_stream.engine")
+log = logging.getLogger(__name__)
 
 
 class SampleDropped(Exception):

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from detector.config import Probability, StrictModel
 
 EventKind = Literal["start", "update", "end"]
+
+
+class AlertConfig(StrictModel):
+    """Alert episodes with hysteresis."""
+
+    alert_threshold: Probability = Field(0.8, description="raise when the score stays >= this for `min_samples` samples")
+    clear_threshold: Probability = Field(0.5, description="clear when it stays < this for `min_samples` samples")
+    min_samples: Annotated[int, Field(gt=0)] = Field(3, description="consecutive samples needed to raise or clear")
+    snapshot: bool = Field(True, description="JPEG of the most suspicious face on <prefix>/<stream>/snapshot at an alert's start")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertConfig:
+        if self.clear_threshold > self.alert_threshold:
+            raise ValueError("clear_threshold must not exceed alert_threshold")
+        return self
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _load(path: Path | None) -> AppConfig:
+def load_app_config(path: Path | None) -> AppConfig:
     if path is None:
         return load_config(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else AppConfig()
     return load_config(path)
@@ -37,7 +37,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from detector.classifier import CheckpointError
     from stream.scan import collect_videos, scan
 
-    cfg = _load(args.config).detector
+    cfg = load_app_config(args.config).detector
     updates = {k: v for k, v in {"weights": args.weights, "encoder": args.encoder, "frames_per_video": args.frames, "device": args.device}.items() if v is not None}
     if args.weights:
         updates["weights_dir"] = Path(".")
@@ -88,15 +88,15 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logging(args: argparse.Namespace, cfg: AppConfig) -> None:
+def configure_logging(args: argparse.Namespace, cfg: AppConfig) -> None:
     """``--log-level``/``--log-json`` win; without them the config's ``logging:`` section applies."""
     setup_logging(args.log_level or cfg.logging.level, json_format=args.log_json or cfg.logging.json_format)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    _configure_logging(args, cfg)
-    from stream.service import run_service
+    cfg = load_app_config(args.config)
+    configure_logging(args, cfg)
+    from stream.app import run_service
 
     return run_service(cfg, duration_s=args.duration)
 
@@ -109,8 +109,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
-    cfg = _load(args.config)
-    _configure_logging(args, cfg)
+    cfg = load_app_config(args.config)
+    configure_logging(args, cfg)
     return demo.main(cfg, config_given=args.config is not None, duration_s=args.duration, broker=args.broker)
 
 

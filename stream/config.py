@@ -1,176 +1,59 @@
-"""Typed configuration (``config.yaml``) for the detector and the streaming service.
+"""``config.yaml``: the whole service's settings, assembled from the sections that live beside their users.
 
-Every model forbids unknown keys so a typo is an error, not a silently ignored
-setting; errors name the field's path (``streams.1.sample_fps``).
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored
+setting, and errors name the field's path (``streams.1.sample_fps``).  Where each
+section lives: ``detector/config.py`` (detector, engine), ``stream/sources/config.py``
+(streams), ``stream/scoring.py`` (window), ``stream/alerts.py`` (alerts),
+``stream/outputs/config.py`` (mqtt, discovery), ``stream/web/config.py`` (http, whip)
+and here (logging).  Loading a config imports none of the heavy modules (torch, PyAV,
+aiortc), so a bad file is reported at once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
-from detector.weights import DEFAULT_ENCODER, PUBLISHED_CHECKPOINTS
+from detector.config import DetectorConfig, EngineConfig, StrictModel
+from stream.alerts import AlertConfig
+from stream.outputs.config import DiscoveryConfig, MqttConfig, TlsConfig
+from stream.scoring import WindowConfig
+from stream.sources.config import StreamConfig
+from stream.web.config import HttpConfig, WhipConfig
 
-StreamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Probability = Annotated[float, Field(ge=0, le=1)]
+__all__ = [
+    "AlertConfig", "AppConfig", "ConfigError", "DetectorConfig", "DiscoveryConfig", "EngineConfig", "HttpConfig",
+    "LoggingConfig", "MqttConfig", "StreamConfig", "TlsConfig", "WhipConfig", "WindowConfig", "load_config", "parse_config",
+]  # fmt: skip
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the field."""
 
 
-class StrictModel(BaseModel):
-    # inf/NaN are never meaningful here, and an infinite timeout overflows the threads' waits
-    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
-
-
-class DetectorConfig(StrictModel):
-    """The DFDC-winner inference settings."""
-
-    weights_dir: Path = Path("weights")
-    weights: list[Path] = Field(default_factory=lambda: [Path(name) for name in PUBLISHED_CHECKPOINTS])
-    encoder: str = DEFAULT_ENCODER
-    input_size: Annotated[int, Field(gt=0, le=2048)] = 380
-    frames_per_video: Annotated[int, Field(gt=0, le=10_000)] = 32
-    thresholds: tuple[Probability, Probability, Probability] = (0.7, 0.8, 0.8)
-    min_face_size: Annotated[int, Field(gt=0)] = 20
-    rescale: Literal["size", "half"] = "size"
-    strategy: Literal["confident", "mean"] = "confident"
-    device: str = "auto"
-    batch_size: Annotated[int, Field(gt=0, le=1024)] = 64
-    fast_mtcnn: bool = True  # facenet's nets and code, per-box crop loops replaced by one exact gather
-    gpu_resize: bool = False  # CUDA: shrink frames for MTCNN on the GPU (PIL-like, not bit-exact)
-    cuda_graphs: bool = False  # CUDA: replay captured graphs for the classifier at fixed batch sizes
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if value == "auto" or value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-    def weight_paths(self, base: Path | None = None) -> list[Path]:
-        """Checkpoint paths, relative ones resolved against ``weights_dir`` (itself against ``base``)."""
-        root = self.weights_dir if base is None or self.weights_dir.is_absolute() else base / self.weights_dir
-        return [w if w.is_absolute() else root / w for w in self.weights]
-
-
-class StreamConfig(StrictModel):
-    """One camera or broadcast feed."""
-
-    name: StreamName
-    url: Annotated[str, Field(min_length=1, max_length=4096)]
-    sample_fps: PositiveFloat = 2.0
-    enabled: bool = True
-    loop: bool = False  # files only: start again at the end
-    realtime: bool = False  # files only: pace decoding at the video's own rate
-    open_timeout_s: PositiveFloat = 10.0
-    read_timeout_s: PositiveFloat = 10.0
-    watchdog_s: PositiveFloat = 10.0
-    skip_frames: Literal["none", "nonref", "nonkey"] = "none"  # nonref: skip frames no other frame references
-    decoder: Literal["thread", "process"] = "thread"  # process: decode in a child process (many streams)
-    reconnect_min_s: PositiveFloat = 1.0  # backoff doubles from here after each failed attempt
-    reconnect_max_s: PositiveFloat = 30.0
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> StreamConfig:
-        if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
-        return self
-
-
-class WindowConfig(StrictModel):
-    """The running score's window: the last ``seconds`` or the last ``max_scores`` face scores."""
-
-    seconds: PositiveFloat = 16.0
-    max_scores: Annotated[int, Field(gt=0)] = 32
-
-
-class AlertConfig(StrictModel):
-    alert_threshold: Probability = 0.8
-    clear_threshold: Probability = 0.5
-    min_samples: Annotated[int, Field(gt=0)] = 3
-    snapshot: bool = True
-
-    @model_validator(mode="after")
-    def _hysteresis(self) -> AlertConfig:
-        if self.clear_threshold > self.alert_threshold:
-            raise ValueError("clear_threshold must not exceed alert_threshold")
-        return self
-
-
-class EngineConfig(StrictModel):
-    """Cross-stream batching on the one inference worker."""
-
-    max_batch: Annotated[int, Field(gt=0, le=1024)] = 32
-    max_wait_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0  # beyond threading.TIMEOUT_MAX the worker's wait raises
-    max_pending_per_stream: Annotated[int, Field(gt=0)] = 4
-
-
-class TlsConfig(StrictModel):
-    ca_certs: Path | None = None
-    certfile: Path | None = None
-    keyfile: Path | None = None
-    insecure: bool = False  # skip hostname verification (never the default)
-
-
-class MqttConfig(StrictModel):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: TlsConfig | None = None
-    client_id: str = "deepfake-stream"
-    topic_prefix: Annotated[str, Field(pattern=r"^[^#+]+$")] = "deepfake"
-    keepalive_s: Annotated[int, Field(gt=0)] = 30
-    score_interval_s: Annotated[float, Field(ge=0)] = 1.0
-    max_pending_alerts: Annotated[int, Field(gt=0)] = 1000
-    reconnect_max_s: PositiveFloat = 30.0
-
-
-class HttpConfig(StrictModel):
-    enabled: bool = True
-    host: str = "127.0.0.1"  # loopback unless the operator opens it
-    port: Annotated[int, Field(ge=0, lt=65536)] = 8080
-
-
-class WhipConfig(StrictModel):
-    enabled: bool = True
-    max_sessions: Annotated[int, Field(gt=0)] = 8
-    max_sdp_bytes: Annotated[int, Field(gt=0)] = 64 * 1024
-    sample_fps: PositiveFloat = 2.0
-    watchdog_s: PositiveFloat = 10.0
-    tokens: dict[StreamName, SecretStr] = Field(default_factory=dict)  # stream name -> bearer token
-
-
 class LoggingConfig(StrictModel):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    json_format: bool = False
+    """Log lines: plain text or one JSON object per line."""
 
-
-class DiscoveryConfig(StrictModel):
-    """Home Assistant MQTT discovery: a score sensor and an alert binary_sensor per stream (stream/discovery.py)."""
-
-    enabled: bool = False
-    prefix: Annotated[str, Field(pattern=r"^[^#+/]([^#+]*[^#+/])?$")] = "homeassistant"  # HA's discovery_prefix
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="`--log-level` overrides it")
+    json_format: bool = Field(False, description="one JSON object per line (for log shippers); `--log-json` overrides it")
 
 
 class AppConfig(StrictModel):
-    detector: DetectorConfig = Field(default_factory=DetectorConfig)
-    streams: list[StreamConfig] = Field(default_factory=list)
-    window: WindowConfig = Field(default_factory=WindowConfig)
-    alerts: AlertConfig = Field(default_factory=AlertConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    http: HttpConfig = Field(default_factory=HttpConfig)
-    whip: WhipConfig = Field(default_factory=WhipConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    """The whole of ``config.yaml``."""
+
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="faces, crops, classifier, aggregation")
+    streams: list[StreamConfig] = Field(default_factory=list, description="every feed to watch")
+    window: WindowConfig = Field(default_factory=WindowConfig, description="the running score's window")
+    alerts: AlertConfig = Field(default_factory=AlertConfig, description="when an alert starts and ends")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="cross-stream batching")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="where results are published")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="/health, /metrics, WHIP and the pages")
+    whip: WhipConfig = Field(default_factory=WhipConfig, description="WebRTC ingest")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log format and level")
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
 
     @field_validator("streams")
     @classmethod

@@ -18,14 +18,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import socket
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -33,8 +32,15 @@ from rich.table import Table
 from rich.text import Text
 
 from stream.config import AppConfig, StreamConfig
+from stream.outputs.publisher import Publisher
+from stream.sources.base import StreamState
 
-log = logging.getLogger("deepfake_stream.demo")
+if TYPE_CHECKING:  # the demo's heavy parts (torch through the engine) load when it runs, not when it is imported
+    from detector.engine import InferenceEngine
+    from stream.app import App
+    from stream.registry import StreamRegistry
+
+log = logging.getLogger(__name__)
 
 BrokerChoice = Literal["embedded", "config"]
 DEMO_STREAM = {"name": "demo", "url": "demo:", "sample_fps": 2.0}
@@ -182,10 +188,9 @@ def build_engine(cfg: AppConfig) -> tuple[Any, str]:
     """The inference engine from the checkpoints on disk, else from a random B0; returns (engine, weights label)."""
     import torch
 
+    from detector.build import build_engine as build_inference_engine
     from detector.classifier import DeepFakeClassifier, Ensemble
-    from detector.engine import InferenceEngine
     from detector.faces import resolve_device
-    from stream.models import build_detector
 
     det, eng = cfg.detector, cfg.engine
     device = resolve_device(det.device)
@@ -206,7 +211,7 @@ def build_engine(cfg: AppConfig) -> tuple[Any, str]:
             input_size = min(input_size, CPU_FALLBACK_INPUT_SIZE)
         label = "RANDOM B0 (scores meaningless)"
     log.info("demo classifier: %s on %s, input %d px", label, device, input_size)
-    engine = InferenceEngine(build_detector(det), ensemble, input_size, eng.max_batch, eng.max_wait_ms, eng.max_pending_per_stream)
+    engine = build_inference_engine(det, eng, ensemble=ensemble, input_size=input_size)
     return engine, label
 
 
@@ -217,34 +222,42 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render(service: Any, header: str, started: float, duration_s: float | None) -> Group:
+@dataclass
+class DemoView:
+    """What the table reads: the streams, the publisher's counters and the engine's queue."""
+
+    streams: StreamRegistry
+    publisher: Publisher
+    engine: InferenceEngine
+
+
+def render(view: DemoView, header: str, started: float, duration_s: float | None) -> Group:
     """The live table: one row per stream, plus MQTT and engine counters."""
     table = Table(title="deepfake-stream demo", title_justify="left", expand=False)
     for column, justify in (("stream", "left"), ("state", "left"), ("score", "right"), ("fps in", "right"), ("scored", "right"),
                             ("faces", "right"), ("alerts", "right"), ("latency", "right"), ("detail", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for handle in list(service.streams.values()):
+    for handle in view.streams.handles():
         stats = handle.pipeline.stats
-        fps = getattr(getattr(handle.source, "stats", None), "fps_in", None)
         score_style = "bold red" if handle.pipeline.alerts.active else ""
         table.add_row(
             handle.name,
-            Text(handle.state, style="green" if handle.state == "streaming" else "yellow"),
+            Text(handle.state, style="green" if handle.state == StreamState.STREAMING else "yellow"),
             Text(_fmt(stats.last_score), style=score_style),
-            _fmt(fps, 1),
+            _fmt(handle.source.stats.fps_in, 1),
             str(stats.samples_scored),
             str(stats.faces),
             Text(str(stats.alerts) + (" ACTIVE" if handle.pipeline.alerts.active else ""), style=score_style),
             "-" if stats.last_latency_s is None else f"{stats.last_latency_s * 1000:.0f} ms",
             (handle.detail or "")[:40],
         )
-    publisher = service.publisher
+    publisher = view.publisher
     elapsed = time.monotonic() - started
     left = "" if duration_s is None else f" / {duration_s:.0f} s"
     footer = (
-        f"MQTT {'connected' if getattr(publisher, 'connected', False) else 'DISCONNECTED'}"
-        f" · scores sent {getattr(publisher, 'scores_published', 0)} · alerts delivered {getattr(publisher, 'alerts_delivered', 0)}"
-        f" · engine queue {service.engine.queue_depth()} · {elapsed:.0f} s{left} · Ctrl-C stops"
+        f"MQTT {'connected' if publisher.connected else 'DISCONNECTED'}"
+        f" · scores sent {publisher.scores_published} · alerts delivered {publisher.alerts_delivered}"
+        f" · engine queue {view.engine.queue_depth()} · {elapsed:.0f} s{left} · Ctrl-C stops"
     )
     return Group(Text(header), table, Text(footer, style="dim"))
 
@@ -269,7 +282,7 @@ def logs_above(live: Live) -> Iterator[None]:
 
 async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: BrokerChoice, console: Console | None = None) -> DemoSummary:
     """Broker (maybe), service, live table until ``duration_s`` or a signal; returns the summary."""
-    from stream.service import Service
+    from stream.app import App, stop_on_signals
 
     console = console or _console()
     broker: EmbeddedBroker | None = None
@@ -282,23 +295,22 @@ async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: Brok
     print(f"{BROKER_PREFIX}{broker_label} (topics {cfg.mqtt.topic_prefix}/#)", flush=True)
 
     engine, weights_label = await asyncio.to_thread(build_engine, cfg)
-    service = Service(cfg, engine=engine)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, service.request_stop)
+    app = App(cfg, engine=engine)
+    stop_on_signals(app)
     started = time.monotonic()
     try:
-        await service.start()
-        http = f"http://{cfg.http.host}:{service.http.port}" if service.http is not None else "(HTTP off)"
+        service = await app.start()
+        assert app.publisher is not None
+        view = DemoView(service, app.publisher, engine)
+        http = f"http://{cfg.http.host}:{app.http.port}" if app.http is not None else "(HTTP off)"
         header = f"MQTT {broker_label} · {http}/health · {http}/metrics · weights: {weights_label}"
         log.info("demo running: %s", header)
-        await _show(service, header, started, duration_s, console)
+        await _show(app, view, header, started, duration_s, console)
     finally:
-        await service.stop()
+        await app.stop()
         if broker is not None:
             await broker.stop()
-    return _summary(service, broker_label, weights_label, time.monotonic() - started)
+    return _summary(view, broker_label, weights_label, time.monotonic() - started)
 
 
 def _console() -> Console:
@@ -307,27 +319,27 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-async def _show(service: Any, header: str, started: float, duration_s: float | None, console: Console) -> None:
-    waiter = asyncio.create_task(service.wait(duration_s), name="demo-wait")
-    with Live(render(service, header, started, duration_s), console=console, refresh_per_second=2, transient=False) as live, logs_above(live):
+async def _show(app: App, view: DemoView, header: str, started: float, duration_s: float | None, console: Console) -> None:
+    waiter = asyncio.create_task(app.wait(duration_s), name="demo-wait")
+    with Live(render(view, header, started, duration_s), console=console, refresh_per_second=2, transient=False) as live, logs_above(live):
         while not waiter.done():
-            live.update(render(service, header, started, duration_s))
+            live.update(render(view, header, started, duration_s))
             await asyncio.wait({waiter}, timeout=0.5)
-        live.update(render(service, header, started, duration_s))
+        live.update(render(view, header, started, duration_s))
     if not console.is_terminal:
         console.line()  # Live ends its last frame with a newline only on a terminal
 
 
-def _summary(service: Any, broker_label: str, weights_label: str, seconds: float) -> DemoSummary:
-    stats = [h.pipeline.stats for h in service.streams.values()]
-    publisher = service.publisher
+def _summary(view: DemoView, broker_label: str, weights_label: str, seconds: float) -> DemoSummary:
+    stats = [h.pipeline.stats for h in view.streams.handles()]
+    publisher = view.publisher
     return DemoSummary(
         streams=len(stats),
         samples_scored=sum(s.samples_scored for s in stats),
         faces=sum(s.faces for s in stats),
         alerts=sum(s.alerts for s in stats),
-        scores_published=int(getattr(publisher, "scores_published", 0)),
-        alerts_delivered=int(getattr(publisher, "alerts_delivered", 0)),
+        scores_published=publisher.scores_published,
+        alerts_delivered=publisher.alerts_delivered,
         broker=broker_label,
         weights=weights_label,
         seconds=round(seconds, 1),

@@ -13,7 +13,7 @@ import av
 import cv2
 import numpy as np
 
-log = logging.getLogger("deepfake_stream.demo")
+log = logging.getLogger(__name__)
 
 SHARED_DEMO_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "clips" / "wav2lip-kim_lip_synced.mp4"
 

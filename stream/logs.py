@@ -1,10 +1,29 @@
-"""Logging set-up: one line per event, plain or JSON."""
+"""Logging set-up: one line per event, plain or JSON; per-stream records carry the stream's name.
+
+Modules log through ``logging.getLogger(__name__)``; what concerns one stream goes through
+``stream_log(log, name)``, which adds ``stream`` (and keeps any ``event``) as structured
+fields, so ``--log-json`` lines can be filtered by stream.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import MutableMapping
+from typing import Any
+
+
+class StreamLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger bound to one stream: every record gets ``extra={"stream": name}``, merged with the call's own extra."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+def stream_log(logger: logging.Logger, stream: str) -> StreamLog:
+    return StreamLog(logger, {"stream": stream})
 
 
 class JsonFormatter(logging.Formatter):

@@ -7,40 +7,19 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import cv2
 import numpy as np
 
+from detector.aggregation import Strategy, confident_strategy
 from detector.engine import EngineClosed, EngineError, FrameResult, InferenceEngine, SampleDropped
-from stream.alerts import AlertEvent, AlertTracker
-from stream.config import AlertConfig, WindowConfig
-from stream.scoring import FaceScore, RunningScore, ScoreSnapshot, most_suspicious
-from stream.sources import SampledFrame
+from stream.alerts import AlertConfig, AlertEvent, AlertTracker
+from stream.logs import stream_log
+from stream.outputs.publisher import Publisher
+from stream.scoring import FaceScore, RunningScore, ScoreSnapshot, WindowConfig, most_suspicious
+from stream.sources.base import FrameSource, SampledFrame, StreamState
 
-log = logging.getLogger("deepfake_stream.pipeline")
-
-
-class FrameSource(Protocol):
-    """What a pipeline needs from a source: RTSP/file (VideoSource) and WebRTC sources both fit."""
-
-    async def next_frame(self) -> SampledFrame | None: ...
-
-
-class Publisher(Protocol):
-    def publish_status(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_score(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_alert(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_snapshot(self, stream: str, jpeg: bytes) -> None: ...
-
-
-class NullPublisher:
-    """Stands in for MQTT when it is disabled (benchmarks, scan-only set-ups)."""
-
-    def publish_status(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_score(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_alert(self, stream: str, payload: dict[str, object]) -> None: ...
-    def publish_snapshot(self, stream: str, jpeg: bytes) -> None: ...
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,14 +57,15 @@ class StreamPipeline:
         publisher: Publisher,
         window: WindowConfig,
         alerts: AlertConfig,
-        on_latency: object | None = None,
+        strategy: Strategy = confident_strategy,
     ) -> None:
         self.name = name
         self.source = source
         self.engine = engine
         self.publisher = publisher
         self.snapshots = alerts.snapshot
-        self.running = RunningScore(window.seconds, window.max_scores)
+        self.running = RunningScore(window.seconds, window.max_scores, strategy)
+        self._log = stream_log(log, name)
         self.alerts = AlertTracker(name, alerts.alert_threshold, alerts.clear_threshold, alerts.min_samples)
         self.stats = PipelineStats()
         self.latencies: list[float] = []  # recent latencies (bounded), for metrics and benchmarks
@@ -144,13 +124,13 @@ class StreamPipeline:
     def _report_inference_error(self, message: str) -> None:
         if self.inference_error != message:
             self.inference_error = message
-            log.error("stream %s: %s", self.name, message, extra={"stream": self.name, "event": "inference_error"})
-            self.publisher.publish_status(self.name, {"state": "error", "detail": message, "time": time.time()})
+            self._log.error("stream %s: %s", self.name, message, extra={"event": "inference_error"})
+            self.publisher.publish_status(self.name, {"state": StreamState.ERROR, "detail": message, "time": time.time()})
 
     def _handle(self, frame: SampledFrame, result: FrameResult) -> None:
         if self.inference_error is not None:
             self.inference_error = None
-            self.publisher.publish_status(self.name, {"state": "streaming", "detail": "inference recovered", "time": time.time()})
+            self.publisher.publish_status(self.name, {"state": StreamState.STREAMING, "detail": "inference recovered", "time": time.time()})
         now_wall = time.time()
         latency = time.monotonic() - frame.arrival_monotonic
         faces = [FaceScore(tuple(float(v) for v in f.box), f.score, f.detection_prob) for f in result.faces]  # type: ignore[misc]
@@ -183,9 +163,7 @@ class StreamPipeline:
     def _publish_alert(self, event: AlertEvent) -> None:
         if event.kind == "start":
             self.stats.alerts += 1
-        log.warning(
-            "stream %s: alert %s %s score %.3f", self.name, event.kind, event.alert_id, event.score, extra={"stream": self.name, "event": f"alert_{event.kind}"}
-        )
+        self._log.warning("stream %s: alert %s %s score %.3f", self.name, event.kind, event.alert_id, event.score, extra={"event": f"alert_{event.kind}"})
         self.publisher.publish_alert(self.name, event.to_payload())
 
     def _publish_snapshot(self, result: FrameResult) -> None:
@@ -195,7 +173,7 @@ class StreamPipeline:
         try:
             self.publisher.publish_snapshot(self.name, encode_jpeg(result.faces[index].crop))
         except ValueError as exc:
-            log.warning("stream %s: snapshot not sent: %s", self.name, exc)
+            self._log.warning("stream %s: snapshot not sent: %s", self.name, exc)
 
     def close_alert(self, reason: str) -> None:
         """End an open alert episode (stream ended, service stopping)."""

@@ -9,12 +9,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from detector.aggregation import get_strategy
-from detector.pipeline import VideoPrediction, VideoPredictor
-from stream.config import DetectorConfig
-from stream.models import build_detector, build_ensemble
+from detector.build import build_predictor
+from detector.config import DetectorConfig
+from detector.pipeline import VideoPrediction
 
-log = logging.getLogger("deepfake_stream.scan")
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".ts", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
 
@@ -49,14 +48,7 @@ def write_predictions(predictions: Sequence[VideoPrediction], out: Path) -> None
 
 def scan(videos: Sequence[Path], cfg: DetectorConfig, out: Path, progress: bool = True) -> list[VideoPrediction]:
     """Score every video; undecodable or face-less ones get 0.5 and a warning naming file and reason."""
-    predictor = VideoPredictor(
-        build_detector(cfg),
-        build_ensemble(cfg),
-        frames_per_video=cfg.frames_per_video,
-        input_size=cfg.input_size,
-        strategy=get_strategy(cfg.strategy),
-        batch_size=cfg.batch_size,
-    )
+    predictor = build_predictor(cfg)
     names = [v.name for v in videos]
     if len(set(names)) != len(names):
         log.warning("several inputs share a file name; the CSV's filename column will repeat")

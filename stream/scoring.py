@@ -10,12 +10,22 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 from detector.aggregation import Strategy, confident_strategy
+from detector.config import PositiveFloat, StrictModel
 
 Box = tuple[float, float, float, float]
+
+
+class WindowConfig(StrictModel):
+    """The running score's window: the last ``seconds`` or the last ``max_scores`` face scores."""
+
+    seconds: PositiveFloat = Field(16.0, description="face scores older than this leave the window")
+    max_scores: Annotated[int, Field(gt=0)] = Field(32, description="at most this many face scores in the window")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""The asyncio supervisor: every configured stream, one inference engine, one MQTT publisher.
+"""The stream supervisor: one task per stream, each feeding the shared engine through its pipeline.
 
-One bad stream never stops the others: each runs in its own task, and its
-failure is logged and published as its status.  SIGINT/SIGTERM stop cleanly:
-open alert episodes are ended, statuses say ``stopped``, pending alerts are
-flushed and ``<prefix>/available`` becomes ``offline``.
+One bad stream never stops the others: each runs in its own task, and its failure is
+logged and published as its status.  The supervisor knows nothing of HTTP, metrics or
+MQTT's transport: it is given an engine and a publisher (see ``stream/app.py``, which
+builds everything), and routes see it only through ``StreamRegistry``.
 """
 
 from __future__ import annotations
@@ -11,234 +11,153 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
-from detector.classifier import CheckpointError
+from detector.aggregation import Strategy, confident_strategy
 from detector.engine import InferenceEngine
-from stream.config import AppConfig, StreamConfig
-from stream.demo_media import demo_clip
-from stream.discovery import Discovery, start_discovery
-from stream.http import HttpServer
-from stream.metrics import ServiceMetrics
-from stream.models import build_detector, build_ensemble
-from stream.mqtt import MqttPublisher
-from stream.pipeline import FrameSource, NullPublisher, Publisher, StreamPipeline
-from stream.process_source import ProcessVideoSource
-from stream.sources import SourceState, VideoSource, redact_url
+from stream.alerts import AlertConfig
+from stream.logs import stream_log
+from stream.outputs.publisher import Publisher
+from stream.pipeline import StreamPipeline
+from stream.registry import StreamHandle
+from stream.scoring import WindowConfig
+from stream.sources.base import FEED_LOST_STATES, FrameSource, StreamState
+from stream.sources.config import StreamConfig
+from stream.sources.factory import open_source, resolve_stream_url
+from stream.sources.url import redact_url
 
-log = logging.getLogger("deepfake_stream.service")
-
-DEMO_URL = "demo:"
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class StreamHandle:
-    """A running stream as the service (and /health, /metrics) sees it."""
+class StreamService:
+    """Every stream of the process: configured URL streams and attached sources (WebRTC)."""
 
-    name: str
-    kind: str  # "url" or "webrtc"
-    source: FrameSource
-    pipeline: StreamPipeline
-    task: asyncio.Task[None] | None = None
-    state: str = SourceState.CONNECTING.value
-    detail: str | None = None
-    started: float = field(default_factory=time.time)
-
-
-def resolve_stream_url(cfg: StreamConfig) -> StreamConfig:
-    """``demo:`` -> the bundled demo clip, looped in real time."""
-    if cfg.url.strip() != DEMO_URL:
-        return cfg
-    return cfg.model_copy(update={"url": str(demo_clip()), "loop": True, "realtime": True})
-
-
-class Service:
-    def __init__(self, cfg: AppConfig, engine: InferenceEngine | None = None, publisher: Publisher | None = None) -> None:
-        self.cfg = cfg
-        self._engine = engine
-        self._publisher = publisher
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        publisher: Publisher,
+        *,
+        window: WindowConfig,
+        alerts: AlertConfig,
+        strategy: Strategy = confident_strategy,
+        configured: Sequence[StreamConfig] = (),
+        on_stream_added: Callable[[str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.window = window
+        self.alerts = alerts
+        self.strategy = strategy
+        self.configured = list(configured)
+        self._configured_names = {s.name for s in self.configured}
+        self._on_stream_added = on_stream_added
         self.streams: dict[str, StreamHandle] = {}
-        self._stopping = asyncio.Event()
-        self._publisher_task: asyncio.Task[None] | None = None
-        self.http: HttpServer | None = None
         self.started_at = time.time()
-        self.metrics: ServiceMetrics | None = None  # ops: /metrics (stream/metrics.py)
-        self.discovery: Discovery | None = None  # ops: Home Assistant discovery (stream/discovery.py)
+        self._stopping = False
 
-    # ---- lifecycle ---------------------------------------------------------------------
-    @property
-    def engine(self) -> InferenceEngine:
-        assert self._engine is not None, "service not started"
-        return self._engine
+    # ---- StreamRegistry ------------------------------------------------------------------
+    def handles(self) -> list[StreamHandle]:
+        return list(self.streams.values())
 
-    @property
-    def publisher(self) -> Publisher:
-        assert self._publisher is not None, "service not started"
-        return self._publisher
+    def get(self, name: str) -> StreamHandle | None:
+        return self.streams.get(name)
 
-    async def start(self) -> None:
-        if self._engine is None:
-            self._engine = await asyncio.to_thread(self._build_engine)
-        self.metrics = ServiceMetrics(self)  # ops hook: batch sizes for /metrics
-        self._engine.on_batch = self.metrics.chain_on_batch(self._engine.on_batch)
-        if self._publisher is None:
-            if self.cfg.mqtt.enabled:
-                mqtt = MqttPublisher(self.cfg.mqtt)
-                self._publisher = mqtt
-                self._publisher_task = asyncio.create_task(mqtt.run(), name="mqtt")
-            else:
-                self._publisher = NullPublisher()
-        self.discovery = start_discovery(self.cfg.discovery, self.cfg.mqtt, self._publisher)  # ops hook
-        if self.cfg.http.enabled:
-            self.http = HttpServer(self)
-            await self.http.start()
-        for stream_cfg in self.cfg.streams:
+    def is_configured(self, name: str) -> bool:
+        handle = self.streams.get(name)
+        return name in self._configured_names or (handle is not None and handle.kind != "webrtc")
+
+    def start_configured(self) -> None:
+        """Start every enabled stream of the config."""
+        for stream_cfg in self.configured:
             if stream_cfg.enabled:
                 self.add_url_stream(stream_cfg)
             else:
-                log.info("stream %s: disabled in config", stream_cfg.name)
-
-    def _build_engine(self) -> InferenceEngine:
-        det = self.cfg.detector
-        ensemble = build_ensemble(det)
-        log.info("loaded %d checkpoint(s) of %s on %s", len(ensemble), det.encoder, ensemble.device)
-        e = self.cfg.engine
-        return InferenceEngine(build_detector(det), ensemble, det.input_size, e.max_batch, e.max_wait_ms, e.max_pending_per_stream)
+                log.info("stream %s: disabled in config", stream_cfg.name, extra={"stream": stream_cfg.name, "event": "disabled"})
 
     def add_url_stream(self, stream_cfg: StreamConfig) -> StreamHandle:
+        """Open ``stream_cfg``'s source (the decoder its config asks for) and supervise it."""
         stream_cfg = resolve_stream_url(stream_cfg)
-        name = stream_cfg.name
         handle_ref: list[StreamHandle] = []
 
-        def on_state(state: SourceState, detail: str | None) -> None:
+        def on_state(state: StreamState, detail: str | None) -> None:
             if handle_ref:
-                self.set_state(handle_ref[0], state.value, detail)
+                self.set_state(handle_ref[0], state, detail)
 
-        source_cls = ProcessVideoSource if stream_cfg.decoder == "process" else VideoSource
-        source = source_cls(stream_cfg, on_state, backoff_min_s=stream_cfg.reconnect_min_s, backoff_max_s=stream_cfg.reconnect_max_s)
-        handle = self._add(name, "url", source)
+        source = open_source(stream_cfg, on_state)
+        handle = self._add(stream_cfg.name, "url", source, owns_source=True)
         handle_ref.append(handle)
         source.start()
-        self.set_state(handle, source.state.value, f"opening {redact_url(stream_cfg.url)}")
-        handle.task = asyncio.create_task(self._supervise(handle, source), name=f"stream-{name}")
+        self.set_state(handle, source.state, f"opening {redact_url(stream_cfg.url)}")
         return handle
 
-    def add_source(self, name: str, source: FrameSource, kind: str = "webrtc") -> StreamHandle:
-        """Attach an already running source (e.g. a WebRTC track) under ``name``."""
-        handle = self._add(name, kind, source)
-        handle.task = asyncio.create_task(self._supervise(handle, None), name=f"stream-{name}")
-        return handle
+    def add_source(self, name: str, source: FrameSource, kind: str = "webrtc", *, owns_source: bool = False) -> StreamHandle:
+        """Supervise an already running source (e.g. a WebRTC track) under ``name``."""
+        return self._add(name, kind, source, owns_source=owns_source)
 
-    def _add(self, name: str, kind: str, source: FrameSource) -> StreamHandle:
-        if name in self.streams and self.streams[name].task is not None and not self.streams[name].task.done():
+    def _add(self, name: str, kind: str, source: FrameSource, *, owns_source: bool) -> StreamHandle:
+        existing = self.streams.get(name)
+        if existing is not None and existing.running:
             raise ValueError(f"stream {name!r} is already running")
-        pipeline = StreamPipeline(name, source, self.engine, self.publisher, self.cfg.window, self.cfg.alerts)
-        handle = StreamHandle(name, kind, source, pipeline)
+        pipeline = StreamPipeline(name, source, self.engine, self.publisher, self.window, self.alerts, self.strategy)
+        handle = StreamHandle(name, kind, source, pipeline, owns_source=owns_source)
         self.streams[name] = handle
-        if self.discovery is not None:  # ops hook: announce the stream to Home Assistant
-            self.discovery.announce(name)
+        if self._on_stream_added is not None:
+            self._on_stream_added(name)
+        handle.task = asyncio.create_task(self._supervise(handle), name=f"stream-{name}")
         return handle
 
-    def set_state(self, handle: StreamHandle, state: str, detail: str | None) -> None:
+    def set_state(self, handle: StreamHandle, state: StreamState | str, detail: str | None) -> None:
+        state = StreamState(state)
+        if state != handle.state:
+            handle.state_since = time.monotonic()
         handle.state, handle.detail = state, detail
-        if state in ("reconnecting", "failed", "stopped", "offline"):
+        if state in FEED_LOST_STATES:
             handle.pipeline.close_alert(f"stream {state}")  # an episode never outlives its feed
-        level = logging.WARNING if state in ("failed", "reconnecting") else logging.INFO
-        log.log(level, "stream %s: %s%s", handle.name, state, f" ({detail})" if detail else "", extra={"stream": handle.name, "event": state})
+        level = logging.WARNING if state in (StreamState.FAILED, StreamState.RECONNECTING) else logging.INFO
+        stream_log(log, handle.name).log(level, "stream %s: %s%s", handle.name, state, f" ({detail})" if detail else "", extra={"event": str(state)})
         self.publisher.publish_status(handle.name, self.status_payload(handle))
 
     def status_payload(self, handle: StreamHandle) -> dict[str, object]:
         payload: dict[str, object] = {"state": handle.state, "detail": handle.detail, "kind": handle.kind, "time": time.time()}
-        stats = getattr(handle.source, "stats", None)
-        if stats is not None and hasattr(stats, "fps_in"):
-            payload.update({"fps_in": round(stats.fps_in, 2), "width": stats.width, "height": stats.height, "reconnects": stats.reconnects})
+        stats = handle.source.stats
+        payload.update({"fps_in": round(stats.fps_in, 2), "width": stats.width, "height": stats.height, "reconnects": stats.reconnects})
         return payload
 
-    async def _supervise(self, handle: StreamHandle, source: VideoSource | ProcessVideoSource | None) -> None:
+    async def _supervise(self, handle: StreamHandle) -> None:
         try:
             await handle.pipeline.run()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one broken stream must not take the others down
-            log.exception("stream %s: pipeline crashed", handle.name)
-            self.set_state(handle, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            stream_log(log, handle.name).exception("stream %s: pipeline crashed", handle.name)
+            self.set_state(handle, StreamState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self.engine.forget(handle.name)
-            if source is not None and not self._stopping.is_set():
-                await source.stop()
+            if handle.owns_source and not self._stopping:
+                await handle.source.stop()
 
-    async def remove_stream(self, name: str, state: str = "offline", detail: str | None = None) -> None:
+    async def remove_stream(self, name: str, state: StreamState = StreamState.OFFLINE, detail: str | None = None) -> None:
         handle = self.streams.get(name)
         if handle is None:
             return
-        stop = getattr(handle.source, "stop", None)
-        if stop is not None:
-            await stop()
+        await handle.source.stop()
         if handle.task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(handle.task, 10)
         self.set_state(handle, state, detail)
 
     async def stop(self) -> None:
-        """Stop every stream, end alerts, flush MQTT, release the engine."""
-        self._stopping.set()
-        for handle in list(self.streams.values()):
-            stop = getattr(handle.source, "stop", None)
-            if stop is not None:
-                with contextlib.suppress(Exception):
-                    await stop()
-        tasks = [h.task for h in self.streams.values() if h.task is not None]
+        """Stop every stream and end its alert episode; statuses say ``stopped``."""
+        self._stopping = True
+        for handle in self.handles():
+            with contextlib.suppress(Exception):
+                await handle.source.stop()
+        tasks = [h.task for h in self.handles() if h.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=10)
             for task in pending:
                 task.cancel()
-        for handle in self.streams.values():
+        for handle in self.handles():
             handle.pipeline.close_alert("service stopping")
-            self.set_state(handle, "stopped", "service stopping")
-        if self.http is not None:
-            await self.http.stop()
-        if isinstance(self._publisher, MqttPublisher):
-            await self._publisher.close()
-            if self._publisher_task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._publisher_task
-        if self._engine is not None:
-            await asyncio.to_thread(self._engine.close)
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    async def wait(self, duration_s: float | None = None) -> None:
-        """Until SIGINT/SIGTERM (or ``duration_s``)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), duration_s)
-
-
-async def serve(cfg: AppConfig, duration_s: float | None = None) -> None:
-    service = Service(cfg)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, service.request_stop)
-    await service.start()
-    log.info("service running: %d stream(s)", len(service.streams))
-    try:
-        await service.wait(duration_s)
-    finally:
-        log.info("service stopping")
-        await service.stop()
-
-
-def run_service(cfg: AppConfig, duration_s: float | None = None) -> int:
-    """Entry point of ``deepfake-stream run``; bad weights are one clear line, exit 2."""
-    try:
-        asyncio.run(serve(cfg, duration_s))
-    except CheckpointError as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
-
-
-__all__ = ["Service", "serve", "run_service", "NullPublisher", "StreamHandle"]
+            self.set_state(handle, StreamState.STOPPED, "service stopping")

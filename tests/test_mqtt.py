@@ -24,13 +24,13 @@ import pytest
 from pydantic import SecretStr
 
 from stream.config import MqttConfig, TlsConfig
-from stream.mqtt import MqttPublisher
+from stream.outputs.mqtt import MqttPublisher
 from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, make_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[1]
-LOGGER = "deepfake_stream.mqtt"
+LOGGER = "stream.outputs.mqtt"
 AVAILABLE = "deepfake/available"
 
 
@@ -101,7 +101,7 @@ async def test_online_retained_while_up_and_offline_retained_after_close(mqtt_br
 
 CHILD = """
 import asyncio, json, sys, types
-from stream.mqtt import MqttPublisher
+from stream.outputs.mqtt import MqttPublisher
 # The real MqttConfig's values, as a namespace: importing stream.config costs ~10 s (torch via detector).
 cfg = types.SimpleNamespace(**json.loads(sys.argv[1]))
 asyncio.run(MqttPublisher(cfg, initial_backoff_s=0.05).run())

@@ -23,13 +23,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream import cli
+from stream.app import App
 from stream.config import AppConfig, load_config, parse_config
 from stream.demo import BROKER_PREFIX, SUMMARY_PREFIX, choose_broker, demo_config
 from stream.logs import JsonFormatter
-from stream.service import Service
+from stream.service import StreamService
 from tests.fixtures.media import TEST_ENCODER
-from tests.test_service import service_config
 from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, free_port
+from tests.test_service import service_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,12 +87,12 @@ def render_template(template: str, payload: bytes) -> str:
 
 async def test_health_and_metrics_while_streaming_and_after_broker_stops(mqtt_broker: MosquittoBroker, astronaut_clip: Path, fake_checkpoint: Path) -> None:
     cfg = ops_config(mqtt_broker, fake_checkpoint, [file_stream("cam", astronaut_clip)])
-    service = Service(cfg)
+    app = App(cfg)
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["homeassistant/#"]) as discovery_seen, aiohttp.ClientSession() as http:
-        await service.start()
+        service = await app.start()
         try:
-            assert service.http is not None and service.http.port
-            port = service.http.port
+            assert app.http is not None and app.http.port
+            port = app.http.port
 
             async def alerting() -> bool:
                 status, body = await get_health(http, port)
@@ -156,11 +157,11 @@ async def test_health_and_metrics_while_streaming_and_after_broker_stops(mqtt_br
             live = await http.get(f"http://127.0.0.1:{port}/health/live")
             assert live.status == 200 and (await live.json())["live"] is True
         finally:
-            await service.stop()
+            await app.stop()
     assert not discovery_seen.messages  # discovery is off by default
 
 
-async def _scored_more(service: Service, count: int) -> bool:
+async def _scored_more(service: StreamService, count: int) -> bool:
     return service.streams["cam"].pipeline.stats.samples_scored >= count
 
 
@@ -174,27 +175,27 @@ async def test_health_503_without_a_streaming_stream_and_mqtt_disabled(tmp_path:
         },
         "test",
     )
-    service = Service(cfg)
-    await service.start()
+    app = App(cfg)
+    await app.start()
     try:
-        assert service.http is not None
+        assert app.http is not None
         async with aiohttp.ClientSession() as http:
 
             async def failed() -> bool:
-                return (await get_health(http, service.http.port))[1]["streams"]["gone"]["state"] == "failed"  # type: ignore[union-attr]
+                return (await get_health(http, app.http.port))[1]["streams"]["gone"]["state"] == "failed"  # type: ignore[union-attr]
 
             await until(failed, 20, "the missing file to fail")
-            status, body = await get_health(http, service.http.port)
+            status, body = await get_health(http, app.http.port)
             assert status == 503 and body["problems"] == ["no stream is streaming"]
             assert body["mqtt"] == {"enabled": False, "connected": False, "broker": "127.0.0.1:1883"}
             assert "missing.mp4" in body["streams"]["gone"]["detail"]
-            samples = await get_metrics(http, service.http.port)
+            samples = await get_metrics(http, app.http.port)
             assert metric(samples, "deepfake_mqtt_enabled") == 0
             assert not any(name == "deepfake_mqtt_connected" for name, _ in samples)
             assert metric(samples, "deepfake_stream_state", stream="gone", state="failed") == 1
             assert not any(name == "deepfake_stream_score" for name, _ in samples)  # no score yet: absent, not 0
     finally:
-        await service.stop()
+        await app.stop()
 
 
 # ---------------------------------------------------------------- discovery
@@ -213,8 +214,8 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
         f"ha/disc/binary_sensor/{node}/door_2_alert/config",
     }
     async with collect_messages(broker.host, broker.port, ["deepfake/#"]) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        await app.start()
         try:
             await seen.wait_for(lambda _: bool(seen.on("deepfake/cam/alert")) and bool(seen.on("deepfake/cam/score")), 60, "a score and an alert")
             configs = await retained_configs(broker, "ha/#", len(expected))
@@ -254,7 +255,7 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
             again = await retained_configs(broker, "ha/#", len(expected))
             assert set(again) == expected and again == configs
         finally:
-            await service.stop()
+            await app.stop()
 
 
 async def retained_configs(broker: MosquittoBroker, topic: str, count: int, timeout_s: float = 10) -> dict[str, tuple[bool, bytes]]:
@@ -278,18 +279,18 @@ def test_logging_section_applies_unless_cli_flags_say_otherwise(tmp_path: Path) 
     level_before = root.level
     try:
         args = cli.build_parser().parse_args(["run", "--config", str(path)])
-        cli._configure_logging(args, cli._load(args.config))
+        cli.configure_logging(args, cli.load_app_config(args.config))
         handler = next(h for h in root.handlers if h.get_name() == "deepfake-stream")
         assert isinstance(handler.formatter, JsonFormatter) and root.level == logging.WARNING
 
         args = cli.build_parser().parse_args(["--log-level", "DEBUG", "demo", "--config", str(path)])
-        cli._configure_logging(args, cli._load(args.config))
+        cli.configure_logging(args, cli.load_app_config(args.config))
         handler = next(h for h in root.handlers if h.get_name() == "deepfake-stream")
         assert isinstance(handler.formatter, JsonFormatter) and root.level == logging.DEBUG  # the flag wins, JSON stays
 
         path.write_text("logging:\n  level: ERROR\n")
         args = cli.build_parser().parse_args(["--log-json", "run", "--config", str(path)])
-        cli._configure_logging(args, cli._load(args.config))
+        cli.configure_logging(args, cli.load_app_config(args.config))
         handler = next(h for h in root.handlers if h.get_name() == "deepfake-stream")
         assert isinstance(handler.formatter, JsonFormatter) and root.level == logging.ERROR
     finally:

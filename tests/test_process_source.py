@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from stream.config import StreamConfig
-from stream.process_source import ProcessVideoSource
-from stream.sources import SourceState, VideoSource
+from stream.sources.base import SourceState
+from stream.sources.process import ProcessVideoSource
+from stream.sources.url import VideoSource
 
 
 async def _collect(source, count: int) -> list:

@@ -78,7 +78,7 @@ def test_updates_are_bounded() -> None:
     events = [tracker.update(t * 0.5, 0.8 + min(t, 19) * 0.01) for t in range(100)]
     updates = [e for e in events if e and e.kind == "update"]
     assert 1 <= len(updates) <= 4
-    assert all(b.time - a.time >= 5.0 for a, b in zip(updates, updates[1:]))
+    assert all(b.time - a.time >= 5.0 for a, b in zip(updates, updates[1:], strict=False))
 
 
 def test_none_neither_raises_nor_clears() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from stream.app import App
 from stream.config import AppConfig, parse_config
-from stream.service import Service
 from tests.fixtures.media import TEST_ENCODER
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 
@@ -52,8 +52,8 @@ async def test_rtsp_and_file_streams_end_to_end(mqtt_broker: MosquittoBroker, rt
         [fast_stream("cam", server.url), fast_stream("file", str(astronaut_clip), loop=True, realtime=True)],
     )
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"], persistent=True, client_id="watcher") as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        await app.start()
         try:
             await seen.wait_for(lambda _: len(alerts(seen, "cam", "start")) == 1 and len(alerts(seen, "file", "start")) == 1, 90, "one alert per stream")
             online = [m for m in seen.on("deepfake/available") if m.payload == b"online"]
@@ -88,7 +88,7 @@ async def test_rtsp_and_file_streams_end_to_end(mqtt_broker: MosquittoBroker, rt
             await seen.wait_for(lambda _: len(seen.on("deepfake/file/score")) > file_scores + 3, 30, "the file stream scoring throughout")
             await seen.wait_for(lambda _: len(alerts(seen, "cam", "start")) == 2, 30, "a new episode after the reconnect")
         finally:
-            await service.stop()
+            await app.stop()
         await seen.wait_for(lambda _: any(m.payload == b"offline" for m in seen.on("deepfake/available")), 10, "offline")
     ends = alerts(seen, "file", "end")
     assert len(ends) == 1 and ends[0]["id"] == alerts(seen, "file", "start")[0]["id"]
@@ -99,18 +99,18 @@ async def test_rtsp_and_file_streams_end_to_end(mqtt_broker: MosquittoBroker, rt
 async def test_alert_raised_while_broker_down_arrives_after_restart(mqtt_broker: MosquittoBroker, astronaut_clip: Path, fake_checkpoint: Path, real_checkpoint: Path) -> None:
     cfg = service_config(mqtt_broker, fake_checkpoint, [fast_stream("file", str(astronaut_clip), loop=True, realtime=True)])
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"], persistent=True, client_id="watcher2") as seen:
-        service = Service(cfg)
+        app = App(cfg)
         # hold the stream back until the broker is down
         mqtt_broker.stop()
-        await service.start()
+        service = await app.start()
         try:
             handle = service.streams["file"]
             await asyncio.wait_for(_until(lambda: handle.pipeline.alerts.active), 60)
-            assert service.publisher.pending_alerts >= 1  # type: ignore[attr-defined]
+            assert service.publisher.pending_alerts >= 1
             mqtt_broker.start()
             await seen.wait_for(lambda _: len(alerts(seen, "file", "start")) == 1, 60, "the alert after the broker came back")
         finally:
-            await service.stop()
+            await app.stop()
         await seen.wait_for(lambda _: len(alerts(seen, "file", "end")) == 1, 15, "end")
     assert len(alerts(seen, "file", "start")) == 1
 
@@ -131,14 +131,14 @@ async def test_bad_streams_do_not_stop_a_good_one(mqtt_broker: MosquittoBroker, 
         ],
     )
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        await app.start()
         try:
             await seen.wait_for(lambda _: "failed" in states(seen, "malformed") and "reconnecting" in states(seen, "unreachable"), 30, "bad statuses")
             n = len(seen.on("deepfake/good/score"))
             await seen.wait_for(lambda _: len(seen.on("deepfake/good/score")) >= n + 3, 30, "good stream keeps scoring")
         finally:
-            await service.stop()
+            await app.stop()
     failed = [m.json() for m in seen.on("deepfake/malformed/status") if m.json()["state"] == "failed"][0]
     assert "bogus" in failed["detail"]
     unreachable = [m.json() for m in seen.on("deepfake/unreachable/status") if m.json()["state"] == "reconnecting"][0]

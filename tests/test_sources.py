@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from stream.config import StreamConfig
-from stream.sources import SampledFrame, SourceState, VideoSource, ffmpeg_options, redact_url
+from stream.sources.base import SampledFrame, SourceState
+from stream.sources.url import VideoSource, ffmpeg_options, redact_url
 from tests.fixtures.media import astronaut_frame, astronaut_video
 from tests.fixtures.rtsp import RtspServer
 
@@ -325,7 +326,7 @@ async def test_url_that_can_never_work_fails(url: str, reason: str) -> None:
 async def test_unreachable_host_keeps_retrying_with_exponential_backoff(
     closed_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="deepfake_stream.sources")
+    caplog.set_level(logging.INFO, logger="stream.sources")
     url = f"rtsp://admin:s3cretpw@127.0.0.1:{closed_port}/x"
     states = StateLog()
     async with running(url, states, sample_fps=1) as source:

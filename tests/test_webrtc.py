@@ -28,10 +28,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamTrack
 
+from stream.app import App
 from stream.config import AppConfig, parse_config
 from stream.demo_media import astronaut_frame
-from stream.service import Service
-from stream.webrtc import WHIP_KEY, WhipEndpoint
+from stream.service import StreamService
+from stream.web.whip import WHIP_KEY, WhipEndpoint
 from tests.fixtures.media import TEST_ENCODER
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 
@@ -62,16 +63,29 @@ def whip_config(weights: Path, broker: MosquittoBroker | None = None, whip: dict
 
 
 @contextlib.asynccontextmanager
-async def running(cfg: AppConfig) -> AsyncIterator[tuple[Service, str, WhipEndpoint]]:
-    """A started service, its base URL and its WHIP endpoint; stopped afterwards."""
-    service = Service(cfg)
-    await service.start()
+async def running_app(cfg: AppConfig) -> AsyncIterator[App]:
+    """A started analyzer; stopped afterwards unless the test stopped it."""
+    app = App(cfg)
+    await app.start()
     try:
-        assert service.http is not None and service.http.runner is not None
-        yield service, f"http://127.0.0.1:{service.http.port}", service.http.runner.app[WHIP_KEY]
+        assert app.http is not None and app.http.runner is not None
+        yield app
     finally:
-        if service.http is not None and service.http.runner is not None:  # not stopped by the test itself
-            await service.stop()
+        if app.http is not None and app.http.runner is not None:  # not stopped by the test itself
+            await app.stop()
+
+
+def parts(app: App) -> tuple[StreamService, str, WhipEndpoint]:
+    """A started app's service, base URL and WHIP endpoint."""
+    assert app.service is not None and app.http is not None and app.http.runner is not None
+    return app.service, f"http://127.0.0.1:{app.http.port}", app.http.runner.app[WHIP_KEY]
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: AppConfig) -> AsyncIterator[tuple[StreamService, str, WhipEndpoint]]:
+    """A started service, its base URL and its WHIP endpoint; stopped afterwards."""
+    async with running_app(cfg) as app:
+        yield parts(app)
 
 
 class GatedTrack(MediaStreamTrack):
@@ -181,7 +195,8 @@ async def test_whip_publisher_is_scored_then_delete_and_silence_take_it_offline(
     mqtt_broker: MosquittoBroker, astronaut_clip: Path, fake_checkpoint: Path
 ) -> None:
     cfg = whip_config(fake_checkpoint, mqtt_broker)
-    async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen, running(cfg) as (service, base, whip):
+    async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen, running_app(cfg) as app:
+        service, base, whip = parts(app)
         async with aiohttp.ClientSession() as http:
             async with publisher(astronaut_clip) as (pc, _):
                 status, headers, answer = await post(http, f"{base}/whip/live", await offer_of(pc))
@@ -230,7 +245,7 @@ async def test_whip_publisher_is_scored_then_delete_and_silence_take_it_offline(
                 assert status == 201, answer
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
                 await until(lambda: service.streams["late"].state == "streaming", 20, "late streaming")
-                await service.stop()
+                await app.stop()
                 await until(lambda: pc.connectionState == "closed", 10, "peer closed by the stopping service")
                 assert not whip.sessions and service.streams["late"].state == "stopped"
                 await seen.wait_for(lambda _: states(seen, "late")[-1] == "stopped", 10, "stopped on MQTT")
@@ -242,7 +257,7 @@ TOKENS = {"secure": "s3cret-secure-token", "other": "0ther-token", "cam": "cam-t
 
 
 async def test_whip_refusals_auth_limits_and_cors(astronaut_clip: Path, real_checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("DEBUG", logger="deepfake_stream")
+    caplog.set_level("DEBUG", logger="stream")
     cfg = whip_config(
         real_checkpoint,
         whip={"max_sessions": 1, "max_sdp_bytes": 16384, "watchdog_s": 10, "tokens": TOKENS},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.service import Service
+from stream.app import App
 from tests.fixtures.media import astronaut_video
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 from tests.test_service import _until, alerts, fast_stream, service_config, states
@@ -32,8 +32,8 @@ async def test_broker_restart_and_crash_during_an_alert_episode(
     async with collect_messages(
         mqtt_broker.host, mqtt_broker.port, ["deepfake/#"], persistent=True, client_id="fault-watcher"
     ) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        service = await app.start()
         publisher = service.publisher
         handle = service.streams["cam"]
         try:
@@ -60,7 +60,7 @@ async def test_broker_restart_and_crash_during_an_alert_episode(
             await asyncio.wait_for(_until(lambda: publisher.pending_alerts == 0), 10)  # type: ignore[attr-defined]
             await asyncio.sleep(1.0)  # room for a duplicate to show up
         finally:
-            await service.stop()
+            await app.stop()
     starts, ends = alerts(seen, "cam", "start"), alerts(seen, "cam", "end")
     print(f"observed: {len(starts)} start(s) {[s['id'] for s in starts]}, {len(ends)} end(s) {[e['id'] for e in ends]}")
     print(f"observed: publisher delivered {publisher.alerts_delivered}, dropped {publisher.alerts_dropped}, reconnects {publisher.reconnects}")  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from stream.service import Service
+from stream.app import App
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 from tests.test_service import fast_stream, service_config, states
 
@@ -95,14 +95,14 @@ async def test_bit_flipped_bitstream_keeps_scoring_over_file_and_rtsp(
     )
     names = ["corrupt-file", "corrupt-rtsp", "clean"]
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        service = await app.start()
         try:
             # the clip lasts 2 s: 7 s of scores per stream means 3+ passes over the damaged part
             await seen.wait_for(lambda _: all(len(face_scores(seen, n)) >= 7 for n in names), 90, "every stream scoring for 7 s")
             decoded = {n: service.streams[n].source.stats for n in names}  # type: ignore[attr-defined]
         finally:
-            await service.stop()
+            await app.stop()
     for name in names:
         stats = decoded[name]
         print(

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from stream.service import Service
-from stream.sources import SampledFrame
+from stream.app import App
+from stream.sources.base import SampledFrame, SourceStats, StreamState
 from tests.fixtures.media import astronaut_frame
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 from tests.test_service import fast_stream, service_config, states
@@ -34,11 +34,23 @@ pytestmark = pytest.mark.timeout(180)
 class ArraySource:
     """A FrameSource that hands over the given arrays at ``interval_s``, then ends (None)."""
 
+    name = "array"
+
     def __init__(self, frames: Iterator[np.ndarray], interval_s: float) -> None:
         self.frames = frames
         self.interval_s = interval_s
         self.sent = 0
         self.stopped = False
+
+    def start(self) -> None: ...
+
+    @property
+    def state(self) -> StreamState:
+        return StreamState.STOPPED if self.stopped else StreamState.STREAMING
+
+    @property
+    def stats(self) -> SourceStats:
+        return SourceStats(self.state, 0.0, self.sent, self.sent, 0, 0, None, None, None)
 
     async def next_frame(self) -> SampledFrame | None:
         if self.stopped:
@@ -85,8 +97,8 @@ async def test_bad_frames_of_one_stream_fail_only_that_stream(
         engine={"max_batch": 8, "max_wait_ms": 100, "max_pending_per_stream": 64},  # wait for company: shared batches
     )
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        service = await app.start()
         try:
             await seen.wait_for(lambda _: len(face_scores(seen, "good")) >= 2, 60, "the good stream scoring")
             source = ArraySource(frames(), 0.05)
@@ -99,7 +111,7 @@ async def test_bad_frames_of_one_stream_fail_only_that_stream(
             stats = handle.pipeline.stats
             engine = service.engine.stats
         finally:
-            await service.stop()
+            await app.stop()
     bad_statuses = statuses(seen, "bad")
     errors = [s for s in bad_statuses if s["state"] == "error"]
     print(f"observed: 'bad' statuses {[(s['state'], s['detail']) for s in bad_statuses]}")
@@ -126,8 +138,8 @@ async def test_frames_too_small_for_the_detector_are_scored_faceless(
         engine={"max_batch": 8, "max_wait_ms": 100, "max_pending_per_stream": 64},
     )
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        service = await app.start()
         try:
             await seen.wait_for(lambda _: len(face_scores(seen, "good")) >= 2, 60, "the good stream scoring")
             source = ArraySource(iter(tiny * 20), 0.05)
@@ -136,7 +148,7 @@ async def test_frames_too_small_for_the_detector_are_scored_faceless(
             await asyncio.wait_for(handle.task, 60)  # type: ignore[arg-type]
             stats = handle.pipeline.stats
         finally:
-            await service.stop()
+            await app.stop()
     print(f"observed: 'tiny' scored {stats.samples_scored}, failed {stats.samples_failed}, faces {stats.faces}; statuses {statuses(seen, 'tiny')}")
     assert stats.samples_failed == 0 and stats.samples_scored + stats.samples_dropped == 60 and stats.faces == 0
     assert all(s["state"] != "error" for s in statuses(seen, "tiny"))

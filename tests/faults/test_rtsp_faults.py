@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.service import Service
+from stream.app import App
 from tests.fixtures.media import astronaut_video
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 from tests.test_service import fast_stream, service_config, states
@@ -52,8 +52,8 @@ async def test_camera_killed_then_back_at_another_resolution(
     server = rtsp_server()  # the 640x360 astronaut clip
     cfg = service_config(mqtt_broker, fake_checkpoint, [fast_stream("cam", server.url)])
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        service = await app.start()
         try:
             await seen.wait_for(lambda _: len(face_scores(seen, "cam")) >= 2, 60, "cam scored at 640x360")
             first = [s for s in statuses(seen, "cam") if s["state"] == "streaming"][-1]
@@ -85,7 +85,7 @@ async def test_camera_killed_then_back_at_another_resolution(
             assert after["score"] > 0.99 and after["faces"] == 1  # the face is found at the new size
             assert service.engine.stats.failed_batches == 0
         finally:
-            await service.stop()
+            await app.stop()
     assert states(seen, "cam")[-1] == "stopped"
 
 
@@ -103,8 +103,8 @@ async def test_stalled_camera_trips_the_watchdog_and_recovers(
         ],
     )
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        service = await app.start()
         try:
             await seen.wait_for(lambda _: len(face_scores(seen, "cam")) >= 2, 60, "cam scoring")
             server.pause()
@@ -134,4 +134,4 @@ async def test_stalled_camera_trips_the_watchdog_and_recovers(
             assert "failed" not in states(seen, "silent")  # a network peer is retried, never given up on
             assert "reconnecting" not in states(seen, "file") and "failed" not in states(seen, "file")
         finally:
-            await service.stop()
+            await app.stop()

@@ -111,7 +111,7 @@ def test_scan_survives_hostile_files(astronaut_clip: Path, checkpoint: Path, tmp
     assert code == 0
     with out.open(newline="") as handle:
         rows = {r["filename"]: float(r["label"]) for r in csv.DictReader(handle)}
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "deepfake_stream.scan"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "stream.scan"]
     print(f"observed: exit {code} in {took:.1f} s, peak RSS +{peak / 2**30:.2f} GiB; {rows}")
     for line in warnings:
         print(f"observed warning: {line}")

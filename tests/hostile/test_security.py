@@ -33,7 +33,7 @@ import pytest
 from stream.config import HttpConfig
 from tests.fixtures.media import TEST_ENCODER
 from tests.fixtures.mqtt import collect_messages
-from tests.test_webrtc import audio_only_offer, post, request, running, whip_config
+from tests.test_webrtc import audio_only_offer, post, request, running, running_app, whip_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,11 +66,12 @@ async def test_http_server_listens_on_loopback_only_by_default(real_checkpoint: 
     assert HttpConfig().host == "127.0.0.1"
     cfg = whip_config(real_checkpoint)  # http: {port: 0}, host left at its default
     assert cfg.http.host == "127.0.0.1"
-    async with running(cfg) as (service, base, _):
-        assert service.http is not None and service.http.runner is not None
-        sockets = [s for site in service.http.runner.sites for s in site._server.sockets]  # type: ignore[attr-defined]  # noqa: SLF001
+    async with running_app(cfg) as app:
+        assert app.http is not None and app.http.runner is not None
+        sockets = [s for site in app.http.runner.sites for s in site._server.sockets]  # type: ignore[attr-defined]  # noqa: SLF001
         bound = [s.getsockname()[:2] for s in sockets]
         port = bound[0][1]
+        base = f"http://127.0.0.1:{port}"
         listeners = proc_net_tcp_listeners(port)
         print(f"observed: HTTP sockets bound to {bound}; /proc/net/tcp listeners on {port}: {listeners}")
         assert bound and all(host == "127.0.0.1" for host, _ in bound)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from stream.app import App
 from stream.config import ConfigError, parse_config
-from stream.service import Service
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 from tests.test_service import fast_stream, service_config
 
@@ -52,7 +52,7 @@ def test_overlong_and_invalid_urls_are_refused_by_the_config(stream: dict, field
 async def test_hostile_urls_fail_clearly_while_a_good_stream_keeps_scoring(
     mqtt_broker: MosquittoBroker, astronaut_clip: Path, real_checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="deepfake_stream")
+    caplog.set_level(logging.DEBUG, logger="stream")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]
@@ -76,8 +76,8 @@ async def test_hostile_urls_fail_clearly_while_a_good_stream_keeps_scoring(
     streams += [fast_stream(name, url) for name, (url, _, _) in hostile.items()]
     cfg = service_config(mqtt_broker, real_checkpoint, streams)
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen:
-        service = Service(cfg)
-        await service.start()
+        app = App(cfg)
+        service = await app.start()
         try:
             print(f"injected: {len(hostile)} hostile URLs beside a good file stream")
             await seen.wait_for(lambda _: len(seen.on("deepfake/good/score")) >= 3, 60, "the good stream scoring")
@@ -87,7 +87,7 @@ async def test_hostile_urls_fail_clearly_while_a_good_stream_keeps_scoring(
             observed = {name: (service.streams[name].state, service.streams[name].detail or "") for name in hostile}
             reconnects = {name: service.streams[name].source.stats.reconnects for name in hostile}  # type: ignore[attr-defined]
         finally:
-            await service.stop()
+            await app.stop()
     for name, (_url, state, reason) in hostile.items():
         got_state, detail = observed[name]
         print(f"observed: {name}: {got_state} after {reconnects[name]} reconnect(s): {detail[:160]}")

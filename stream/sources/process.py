@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -28,28 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from stream.config import StreamConfig
-from stream.sources import SampledFrame, SourceState, SourceStats, VideoSource
+from stream.sources.base import FINAL_STATES, SampledFrame, SourceStats, StateCallback, StreamState
+from stream.sources.config import StreamConfig
+from stream.sources.url import VideoSource
 
-log = logging.getLogger("deepfake_stream.sources")
+log = logging.getLogger(__name__)
 
-StateCallback = Callable[[SourceState, str | None], None]
 SLOTS = 3
-
-
-def _stats_dict(source: VideoSource) -> dict[str, Any]:
-    s = source.stats
-    return {
-        "state": s.state.value,
-        "fps_in": s.fps_in,
-        "frames_decoded": s.frames_decoded,
-        "frames_sampled": s.frames_sampled,
-        "frames_dropped": s.frames_dropped,
-        "reconnects": s.reconnects,
-        "last_error": s.last_error,
-        "width": s.width,
-        "height": s.height,
-    }
 
 
 class _Ring:
@@ -70,8 +56,8 @@ async def _child(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[floa
     loop = asyncio.get_running_loop()
     source: VideoSource
 
-    def on_state(state: SourceState, detail: str | None) -> None:
-        conn.send(("state", state.value, detail, _stats_dict(source)))
+    def on_state(state: StreamState, detail: str | None) -> None:
+        conn.send(("state", state.value, detail, source.stats.to_dict()))
 
     source = VideoSource(cfg, on_state, backoff_min_s=backoff[0], backoff_max_s=backoff[1])
     rings: dict[str, _Ring] = {}
@@ -109,12 +95,12 @@ async def _child(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[floa
                 continue
             slot = ring.free.pop()
             ring.write(slot, frame.image)
-            stats = _stats_dict(source)
+            stats = source.stats.to_dict()
             stats["frames_dropped"] += dropped
             conn.send(("frame", ring.shm.name, slot, ring.shape, frame.pts_s, frame.arrival_monotonic, frame.arrival_wall, frame.index, stats))
     finally:
         with contextlib.suppress(OSError, ValueError):
-            conn.send(("end", _stats_dict(source)))
+            conn.send(("end", source.stats.to_dict()))
         for r in rings.values():
             r.shm.close()
             with contextlib.suppress(FileNotFoundError):
@@ -122,7 +108,7 @@ async def _child(cfg_data: dict[str, Any], conn: Connection, backoff: tuple[floa
 
 
 def _child_main(fd: int) -> None:
-    """Entry point of ``python -m stream.process_source FD``: the first message carries the job."""
+    """Entry point of ``python -m stream.sources.process FD``: the first message carries the job."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a decoder stops
     conn = Connection(fd)
     cfg_data, backoff, log_level = conn.recv()
@@ -138,8 +124,8 @@ class ProcessVideoSource:
         self.name = cfg.name
         self._on_state = on_state
         self._backoff = (backoff_min_s, backoff_max_s)
-        self._state = SourceState.CONNECTING
-        self._stats: dict[str, Any] = {}
+        self._state = StreamState.CONNECTING
+        self._child_stats = SourceStats.empty()  # the child's counters, as last sent
         self._dropped = 0
         self._pending: collections.deque[tuple[SampledFrame, str, int]] = collections.deque()
         self._holds_back = False  # told by the child: a file read as fast as consumed keeps every frame
@@ -159,7 +145,7 @@ class ProcessVideoSource:
         # that, unlike multiprocessing's spawn, it does not re-import the parent's __main__ (torch and all).
         parent_sock, child_sock = socket.socketpair()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.process_source", str(child_sock.fileno())], pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL
+            [sys.executable, "-m", "stream.sources.process", str(child_sock.fileno())], pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL
         )
         child_sock.close()
         self._conn = Connection(parent_sock.detach())
@@ -198,7 +184,7 @@ class ProcessVideoSource:
             elif kind == "mode":
                 self._holds_back = bool(message[1])
             elif kind == "state":
-                self._post(self._change_state, SourceState(message[1]), message[2], message[3])
+                self._post(self._change_state, StreamState(message[1]), message[2], message[3])
             elif kind == "end":
                 self._post(self._set_stats, message[1])
                 break
@@ -215,11 +201,11 @@ class ProcessVideoSource:
 
     # ---- loop thread --------------------------------------------------------------------
     def _set_stats(self, stats: dict[str, Any]) -> None:
-        self._stats = stats
+        self._child_stats = SourceStats.from_dict(stats)
 
     def _deliver(self, frame: SampledFrame, name: str, slot: int, stats: dict[str, Any]) -> None:
         """A frame's slot is freed when the consumer takes it, so a file read as fast as consumed waits for it."""
-        self._stats = stats
+        self._set_stats(stats)
         if self._pending and not self._holds_back:  # a live feed keeps only the newest frame
             _, old_name, old_slot = self._pending.popleft()
             self._send(("free", old_name, old_slot))
@@ -228,17 +214,17 @@ class ProcessVideoSource:
         assert self._ready is not None
         self._ready.set()
 
-    def _change_state(self, state: SourceState, detail: str | None, stats: dict[str, Any]) -> None:
-        self._stats = stats
+    def _change_state(self, state: StreamState, detail: str | None, stats: dict[str, Any]) -> None:
+        self._set_stats(stats)
         self._state = state
         if self._on_state is not None:
             self._on_state(state, detail)
 
     def _finish(self, exit_code: int | None) -> None:
         self._ended = True
-        if self._state not in (SourceState.FAILED, SourceState.STOPPED):
+        if self._state not in FINAL_STATES:
             detail = "decoder process ended" if not exit_code else f"decoder process died (exit code {exit_code})"
-            self._change_state(SourceState.FAILED if exit_code else SourceState.STOPPED, detail, self._stats)
+            self._change_state(StreamState.FAILED if exit_code else StreamState.STOPPED, detail, self._child_stats.to_dict())
         assert self._ready is not None
         self._ready.set()
 
@@ -274,23 +260,13 @@ class ProcessVideoSource:
             self._ready.set()
 
     @property
-    def state(self) -> SourceState:
+    def state(self) -> StreamState:
         return self._state
 
     @property
     def stats(self) -> SourceStats:
-        s = self._stats
-        return SourceStats(
-            state=self._state,
-            fps_in=float(s.get("fps_in", 0.0)),
-            frames_decoded=int(s.get("frames_decoded", 0)),
-            frames_sampled=int(s.get("frames_sampled", 0)),
-            frames_dropped=int(s.get("frames_dropped", 0)) + self._dropped,
-            reconnects=int(s.get("reconnects", 0)),
-            last_error=s.get("last_error"),
-            width=s.get("width"),
-            height=s.get("height"),
-        )
+        child = self._child_stats
+        return dataclasses.replace(child, state=self._state, frames_dropped=child.frames_dropped + self._dropped)
 
 
 __all__ = ["ProcessVideoSource"]

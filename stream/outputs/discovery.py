@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Protocol
+from typing import Any
 
-from stream.config import DiscoveryConfig, MqttConfig
+from stream.outputs.config import DiscoveryConfig, MqttConfig
+from stream.outputs.publisher import Publisher
 
-log = logging.getLogger("deepfake_stream.discovery")
+log = logging.getLogger(__name__)
 
 SW_VERSION = "0.1.0"
 ALERT_STATE_TEMPLATE = "{{ 'OFF' if value_json.event == 'end' else 'ON' }}"  # start/update -> ON, end -> OFF
-
-
-class RetainedPublisher(Protocol):
-    def publish_retained(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> None: ...
 
 
 def node_id(client_id: str) -> str:
@@ -109,7 +106,7 @@ def discovery_messages(stream: str, discovery: DiscoveryConfig, mqtt: MqttConfig
 class Discovery:
     """Announces each stream once to Home Assistant through the publisher's retained messages."""
 
-    def __init__(self, discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: RetainedPublisher) -> None:
+    def __init__(self, discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: Publisher) -> None:
         self.discovery = discovery
         self.mqtt = mqtt
         self.publisher = publisher
@@ -124,11 +121,11 @@ class Discovery:
         log.info("Home Assistant discovery: announced stream %s under %s/", stream, self.discovery.prefix, extra={"stream": stream, "event": "discovery"})
 
 
-def start_discovery(discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: object) -> Discovery | None:
-    """A Discovery when enabled and the publisher can retain (MQTT on), else None."""
+def start_discovery(discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: Publisher) -> Discovery | None:
+    """A Discovery when enabled and results go to a broker, else None."""
     if not discovery.enabled:
         return None
-    if not hasattr(publisher, "publish_retained"):
+    if not publisher.enabled:
         log.warning("Home Assistant discovery enabled but MQTT is disabled: nothing announced")
         return None
-    return Discovery(discovery, mqtt, publisher)  # type: ignore[arg-type]
+    return Discovery(discovery, mqtt, publisher)

@@ -36,17 +36,16 @@ import math
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiomqtt
 
-if TYPE_CHECKING:  # stream.config pulls in torch through detector.classifier; keep this module light
-    from stream.config import MqttConfig, TlsConfig
+from stream.outputs.config import MqttConfig, TlsConfig
 
-log = logging.getLogger("deepfake_stream.mqtt")
+log = logging.getLogger(__name__)
 # paho's own log lines repeat what ours say once per event ("failed to receive on socket" before our
 # "connection lost"); keep them out unless someone lowers this level to debug the protocol.
-_paho_log = logging.getLogger("deepfake_stream.mqtt.paho")
+_paho_log = logging.getLogger(f"{__name__}.paho")
 _paho_log.setLevel(logging.CRITICAL)
 
 ONLINE = b"online"
@@ -157,6 +156,8 @@ class MqttPublisher:
         self.connect_failures = 0
 
     # ----------------------------------------------------------------- state
+
+    enabled = True  # results go to a broker (Publisher protocol; NullPublisher says False)
 
     @property
     def connected(self) -> bool:
@@ -509,7 +510,7 @@ class MqttPublisher:
         return self._close_remaining() <= 0
 
     # ---------------------------------------------- generic retained messages
-    # For Home Assistant discovery (stream/discovery.py); the sender loop and
+    # For Home Assistant discovery (stream/outputs/discovery.py); the sender loop and
     # _on_connected() each have a one-line hook for these.
 
     def publish_retained(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> None:

@@ -1,5 +1,8 @@
 """WebRTC ingest: a WHIP endpoint (RFC 9725) built on aiortc, plus the operator page and its event stream.
 
+It sees the service only as a ``StreamRegistry``: it attaches a ``WebRtcSource`` per session
+and removes it when the session ends.
+
 Routes (all under the service's HTTP server):
 
 ``POST   /whip/{stream}``               SDP offer in, ``201`` + SDP answer + ``Location`` out
@@ -32,7 +35,6 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hmac
 import json
@@ -43,24 +45,22 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import av
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 from pydantic import SecretStr
 
-from stream.sampler import FrameSampler
-from stream.sources import FPS_WINDOW_S, SampledFrame, SourceState, SourceStats
+from stream.registry import StreamHandle, StreamRegistry
+from stream.sources.base import StreamState
+from stream.sources.config import STREAM_NAME_PATTERN
+from stream.sources.webrtc import WebRtcSource
+from stream.web.config import WhipConfig
 
-if TYPE_CHECKING:
-    from stream.service import Service, StreamHandle
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("deepfake_stream.webrtc")
-
-STREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STREAM_NAME_RE = re.compile(STREAM_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 SDP_TYPE = "application/sdp"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 RETRY_AFTER_S = 10
@@ -73,125 +73,6 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "Location",
     "Access-Control-Max-Age": "600",
 }
-
-
-# ---- the frame source -------------------------------------------------------------------------
-
-
-class WebRtcSource:
-    """A FrameSource fed by an aiortc video track.
-
-    A reader task drains the track continuously (aiortc queues decoded frames without bound),
-    samples by presentation time and converts only the sampled frames to RGB, off the event
-    loop.  Only the newest sampled frame is kept: a live feed is analysed as it is now.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        track: MediaStreamTrack,
-        sample_fps: float,
-        watchdog_s: float,
-        on_streaming: Callable[[int, int], None],
-        on_ended: Callable[[str], None],
-    ) -> None:
-        self.name = name
-        self._track = track
-        self._sampler = FrameSampler(sample_fps)
-        self._watchdog_s = watchdog_s
-        self._on_streaming = on_streaming
-        self._on_ended = on_ended
-        self._slot: SampledFrame | None = None
-        self._ready = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._finished = False
-        self._state = SourceState.CONNECTING
-        self._last_error: str | None = None
-        self._frames_decoded = 0
-        self._frames_sampled = 0
-        self._frames_dropped = 0
-        self._width: int | None = None
-        self._height: int | None = None
-        self._decode_times: collections.deque[float] = collections.deque()
-
-    def start(self) -> None:
-        self._reader = asyncio.create_task(self._read(), name=f"webrtc-{self.name}")
-
-    @property
-    def stats(self) -> SourceStats:
-        now = time.monotonic()
-        while self._decode_times and self._decode_times[0] < now - FPS_WINDOW_S:
-            self._decode_times.popleft()
-        return SourceStats(
-            self._state, len(self._decode_times) / FPS_WINDOW_S, self._frames_decoded, self._frames_sampled,
-            self._frames_dropped, 0, self._last_error, self._width, self._height,
-        )  # fmt: skip
-
-    async def next_frame(self) -> SampledFrame | None:
-        """The newest sampled frame; None once the source stopped or the peer went away."""
-        while True:
-            if self._slot is not None:
-                frame, self._slot = self._slot, None
-                return frame
-            if self._stopping or self._finished:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._state = SourceState.STOPPED
-        self._ready.set()
-        reader = self._reader
-        if reader is not None and reader is not asyncio.current_task() and not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-
-    async def _read(self) -> None:
-        detail = "peer stopped sending"
-        try:
-            while not self._stopping:
-                try:
-                    frame = await asyncio.wait_for(self._track.recv(), self._watchdog_s)
-                except TimeoutError:
-                    detail = f"no frame for {self._watchdog_s:g} s (watchdog)"
-                    break
-                except MediaStreamError:
-                    break
-                if isinstance(frame, av.VideoFrame):
-                    await self._handle(frame)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bad frame ends this session, never the service
-            log.exception("stream %s: webrtc reader crashed", self.name)
-            detail = f"internal error: {type(exc).__name__}: {exc}"
-        self._finished = True
-        self._ready.set()
-        if not self._stopping:
-            self._last_error = detail
-            self._on_ended(detail)
-
-    async def _handle(self, frame: av.VideoFrame) -> None:
-        now = time.monotonic()
-        self._frames_decoded += 1
-        self._decode_times.append(now)
-        self._width, self._height = frame.width, frame.height
-        if self._state == SourceState.CONNECTING:
-            self._state = SourceState.STREAMING
-            self._on_streaming(frame.width, frame.height)
-        pts_s = float(frame.time) if frame.time is not None else now
-        if not self._sampler.accept(pts_s):
-            return
-        image = await asyncio.to_thread(frame.to_ndarray, format="rgb24")
-        if self._stopping:
-            return
-        if self._slot is not None:
-            self._frames_dropped += 1
-        self._slot = SampledFrame(image, pts_s, now, time.time(), self._frames_sampled)
-        self._frames_sampled += 1
-        self._ready.set()
 
 
 # ---- request checks ---------------------------------------------------------------------------
@@ -290,9 +171,9 @@ class WhipSession:
 class WhipEndpoint:
     """Owns the WHIP sessions of one service; every session ends through :meth:`end`."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.cfg = service.cfg.whip
+    def __init__(self, streams: StreamRegistry, cfg: WhipConfig) -> None:
+        self.streams = streams
+        self.cfg = cfg
         self.sessions: dict[str, WhipSession] = {}
         self.by_stream: dict[str, WhipSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -329,7 +210,7 @@ class WhipEndpoint:
         if request.content_type != SDP_TYPE:
             raise Refused(415, f"Content-Type must be {SDP_TYPE}")
         offer = check_offer(await read_limited(request, self.cfg.max_sdp_bytes))
-        if any(s.name == stream for s in self.service.cfg.streams) or self._is_url_stream(stream):
+        if self.streams.is_configured(stream):
             raise Refused(409, f"stream {stream!r} is a configured URL stream")
         if stream in self.by_stream or self._is_running(stream):
             raise Refused(409, f"stream {stream!r} is already being published")
@@ -340,13 +221,9 @@ class WhipEndpoint:
         self.by_stream[stream] = session
         return session, offer
 
-    def _is_url_stream(self, stream: str) -> bool:
-        handle = self.service.streams.get(stream)
-        return handle is not None and handle.kind != "webrtc"
-
     def _is_running(self, stream: str) -> bool:
-        handle = self.service.streams.get(stream)
-        return handle is not None and handle.task is not None and not handle.task.done()
+        handle = self.streams.get(stream)
+        return handle is not None and handle.running
 
     async def _negotiate(self, session: WhipSession, offer: str) -> str:
         """Offer -> answer with every host candidate gathered (aiortc gathers in setLocalDescription)."""
@@ -388,13 +265,13 @@ class WhipEndpoint:
             if pc.connectionState in ("failed", "closed"):
                 self.end(session, f"peer connection {pc.connectionState}")
 
-        session.handle = self.service.add_source(session.stream, session.source, kind="webrtc")
-        self.service.set_state(session.handle, "connecting", "WHIP session negotiated")
+        session.handle = self.streams.add_source(session.stream, session.source, kind="webrtc")
+        self.streams.set_state(session.handle, StreamState.CONNECTING, "WHIP session negotiated")
         session.source.start()
 
     def _streaming(self, session: WhipSession, width: int, height: int) -> None:
         if session.handle is not None and session.ending is None:
-            self.service.set_state(session.handle, "streaming", f"webrtc {width}x{height}")
+            self.streams.set_state(session.handle, StreamState.STREAMING, f"webrtc {width}x{height}")
 
     def _end_soon(self, session: WhipSession, detail: str) -> None:
         self.end(session, detail)
@@ -413,8 +290,8 @@ class WhipEndpoint:
     async def _end(self, session: WhipSession, detail: str) -> None:
         log.info("whip %s: session %s ended (%s)", session.stream, session.id[:8], detail)
         try:
-            if session.handle is not None and self.service.streams.get(session.stream) is session.handle:
-                await self.service.remove_stream(session.stream, state="offline", detail=detail)
+            if session.handle is not None and self.streams.get(session.stream) is session.handle:
+                await self.streams.remove_stream(session.stream, state=StreamState.OFFLINE, detail=detail)
         finally:
             await self._discard(session)
 
@@ -500,11 +377,11 @@ class WhipEndpoint:
 
     def stream_view(self, stream: str) -> tuple[dict[str, object], dict[str, object] | None]:
         """The stream's status payload and latest score payload, as MQTT would carry them."""
-        handle = self.service.streams.get(stream)
+        handle = self.streams.get(stream)
         if handle is None:
             return {"state": "unknown", "detail": "no such stream (yet)", "time": time.time()}, None
         snapshot = handle.pipeline.last_snapshot
-        return self.service.status_payload(handle), None if snapshot is None else {"stream": stream, **snapshot.to_payload()}
+        return self.streams.status_payload(handle), None if snapshot is None else {"stream": stream, **snapshot.to_payload()}
 
 
 def sse(event: str, payload: dict[str, object]) -> bytes:
@@ -518,9 +395,9 @@ async def index(request: web.Request) -> web.FileResponse:
 WHIP_KEY: web.AppKey[WhipEndpoint] = web.AppKey("whip", WhipEndpoint)
 
 
-def add_routes(app: web.Application, service: Service) -> None:
+def add_routes(app: web.Application, streams: StreamRegistry, cfg: WhipConfig) -> None:
     """Register WHIP, the event stream and the page; close every session when the app shuts down."""
-    whip = WhipEndpoint(service)
+    whip = WhipEndpoint(streams, cfg)
     app[WHIP_KEY] = whip
     handlers: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
         ("POST", "/whip/{stream}", whip.post),

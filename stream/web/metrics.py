@@ -1,6 +1,6 @@
 """Prometheus metrics for ``GET /metrics``, read from the live service at scrape time.
 
-Each Service gets its own CollectorRegistry (two services in one process, as in
+Each service gets its own CollectorRegistry (two services in one process, as in
 the tests, never mix their numbers).  Counters and gauges are not mirrored into
 prometheus-client objects: a custom collector reads the stream, engine and MQTT
 counters the service already keeps, so they cannot drift.  Only the histograms
@@ -15,22 +15,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from detector.engine import BatchHook
-from stream.mqtt import MqttPublisher
+from detector.engine import BatchHook, InferenceEngine
+from stream.outputs.publisher import Publisher
+from stream.registry import StreamHandle, StreamRegistry
+from stream.sources.base import StreamState
 
-if TYPE_CHECKING:
-    from stream.service import Service, StreamHandle
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("deepfake_stream.metrics")
-
-STREAM_STATES = ("connecting", "streaming", "reconnecting", "failed", "stopped", "offline")
+# the states a stream's own source or session reports (ERROR is a transient inference status, not a state gauge)
+STREAM_STATES = tuple(s for s in StreamState if s is not StreamState.ERROR)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -39,8 +39,10 @@ BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 class ServiceMetrics:
     """The registry behind one service's ``/metrics``."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, registry: StreamRegistry, engine: InferenceEngine, publisher: Publisher) -> None:
+        self.streams = registry
+        self.engine = engine
+        self.publisher = publisher
         self.registry = CollectorRegistry(auto_describe=False)
         self.batch_frames = Histogram("deepfake_engine_batch_frames", "Frames per inference batch (cross-stream batching)", buckets=BATCH_BUCKETS, registry=None)
         self.batch_seconds = Histogram("deepfake_engine_batch_seconds", "Wall time of one inference batch (MTCNN + classifier)", buckets=BATCH_SECONDS_BUCKETS, registry=None)
@@ -73,8 +75,8 @@ class ServiceMetrics:
         difference says how many of the newest entries are new (the list is bounded; if
         more arrived than it keeps between two scrapes, the oldest of them are lost).
         """
-        for name, handle in list(self.service.streams.items()):
-            pipeline = handle.pipeline
+        for handle in self.streams.handles():
+            name, pipeline = handle.name, handle.pipeline
             scored = pipeline.stats.samples_scored
             owner, seen = self._latency_seen.get(name, (id(pipeline), 0))
             if owner != id(pipeline):  # a new stream under an old name
@@ -91,33 +93,32 @@ class ServiceMetrics:
         return encoder(self.registry), content_type
 
 
+def add_routes(app: web.Application, metrics: ServiceMetrics) -> None:
+    """``GET /metrics`` in the format the scraper asks for."""
+
+    async def prometheus(request: web.Request) -> web.Response:
+        data, content_type = metrics.render(request.headers.get("Accept", ""))
+        response = web.Response(body=data)
+        response.headers["Content-Type"] = content_type  # carries version=/charset= parameters aiohttp's content_type= refuses
+        return response
+
+    app.router.add_get("/metrics", prometheus)
+
+
 class _LiveCollector(Collector):
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
         metrics = self.metrics
-        service = metrics.service
         metrics.sync_latencies()
-        yield GaugeMetricFamily("deepfake_uptime_seconds", "Seconds since the service started", value=time.time() - service.started_at)
-        yield from _stream_metrics(list(service.streams.values()), _engine_dropped(service))
+        yield GaugeMetricFamily("deepfake_uptime_seconds", "Seconds since the service started", value=time.time() - metrics.streams.started_at)
+        yield from _stream_metrics(metrics.streams.handles(), dict(metrics.engine.stats.dropped))
         yield from metrics.latency.collect()
-        yield from _engine_metrics(service)
+        yield from _engine_metrics(metrics.engine)
         yield from metrics.batch_frames.collect()
         yield from metrics.batch_seconds.collect()
-        yield from _mqtt_metrics(service)
-
-
-def _engine_dropped(service: Service) -> dict[str, int]:
-    engine = _engine(service)
-    return dict(engine.stats.dropped) if engine is not None else {}
-
-
-def _engine(service: Service) -> Any:
-    try:
-        return service.engine
-    except AssertionError:  # not started yet
-        return None
+        yield from _mqtt_metrics(metrics.publisher)
 
 
 def _stream_metrics(handles: list[StreamHandle], engine_dropped: dict[str, int]) -> Iterator[Metric]:
@@ -140,14 +141,14 @@ def _stream_metrics(handles: list[StreamHandle], engine_dropped: dict[str, int])
     for handle in handles:
         name = handle.name
         for known in STREAM_STATES:
-            state.add_metric([name, known], 1.0 if handle.state == known else 0.0)
-        source_stats = getattr(handle.source, "stats", None)
-        fps.add_metric([name], float(getattr(source_stats, "fps_in", 0.0) or 0.0))
-        decoded.add_metric([name], float(getattr(source_stats, "frames_decoded", 0) or 0))
-        sampled.add_metric([name], float(getattr(source_stats, "frames_sampled", 0) or 0))
-        dropped.add_metric([name, "source"], float(getattr(source_stats, "frames_dropped", 0) or 0))
+            state.add_metric([name, known.value], 1.0 if handle.state == known else 0.0)
+        source_stats = handle.source.stats
+        fps.add_metric([name], float(source_stats.fps_in))
+        decoded.add_metric([name], float(source_stats.frames_decoded))
+        sampled.add_metric([name], float(source_stats.frames_sampled))
+        dropped.add_metric([name, "source"], float(source_stats.frames_dropped))
         dropped.add_metric([name, "engine"], float(engine_dropped.get(name, 0)))
-        reconnects.add_metric([name], float(getattr(source_stats, "reconnects", 0) or 0))
+        reconnects.add_metric([name], float(source_stats.reconnects))
         stats = handle.pipeline.stats
         scored.add_metric([name], float(stats.samples_scored))
         failed.add_metric([name], float(stats.samples_failed))
@@ -159,10 +160,7 @@ def _stream_metrics(handles: list[StreamHandle], engine_dropped: dict[str, int])
     yield from (state, fps, decoded, sampled, dropped, scored, failed, faces, score, alerts, alert_active, reconnects)
 
 
-def _engine_metrics(service: Service) -> Iterator[Metric]:
-    engine = _engine(service)
-    if engine is None:
-        return
+def _engine_metrics(engine: InferenceEngine) -> Iterator[Metric]:
     s = engine.stats
     yield GaugeMetricFamily("deepfake_engine_queue_depth", "Samples waiting for the inference worker", value=engine.queue_depth())
     yield CounterMetricFamily("deepfake_engine_batches", "Inference batches run", value=s.batches)
@@ -173,9 +171,9 @@ def _engine_metrics(service: Service) -> Iterator[Metric]:
     yield GaugeMetricFamily("deepfake_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated on the engine's device (0 on CPU)", value=_gpu_memory(engine))
 
 
-def _gpu_memory(engine: Any) -> float:
-    device = getattr(getattr(engine, "ensemble", None), "device", None)
-    if device is None or getattr(device, "type", "cpu") != "cuda":
+def _gpu_memory(engine: InferenceEngine) -> float:
+    device = engine.ensemble.device
+    if device.type != "cuda":
         return 0.0
     import torch
 
@@ -186,14 +184,9 @@ def _gpu_memory(engine: Any) -> float:
         return 0.0
 
 
-def _mqtt_metrics(service: Service) -> Iterator[Metric]:
-    try:
-        publisher = service.publisher
-    except AssertionError:
-        return
-    enabled = isinstance(publisher, MqttPublisher)
-    yield GaugeMetricFamily("deepfake_mqtt_enabled", "1 when results are published over MQTT", value=1.0 if enabled else 0.0)
-    if not isinstance(publisher, MqttPublisher):
+def _mqtt_metrics(publisher: Publisher) -> Iterator[Metric]:
+    yield GaugeMetricFamily("deepfake_mqtt_enabled", "1 when results are published over MQTT", value=1.0 if publisher.enabled else 0.0)
+    if not publisher.enabled:
         return
     yield GaugeMetricFamily("deepfake_mqtt_connected", "1 while connected to the broker", value=1.0 if publisher.connected else 0.0)
     yield GaugeMetricFamily("deepfake_mqtt_pending_alerts", "Alerts not yet acknowledged by the broker", value=publisher.pending_alerts)

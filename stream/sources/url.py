@@ -1,4 +1,4 @@
-"""Video sources: any FFmpeg URL (RTSP, HTTP/HLS, local files) decoded by PyAV into sampled RGB frames.
+"""The URL source: any FFmpeg URL (RTSP, HTTP/HLS, local files) decoded by PyAV into sampled RGB frames.
 
 Each source decodes in its own thread because PyAV's demux/decode calls block (and release the
 GIL), and a stalled camera must never stall the event loop or the other streams. The thread
@@ -14,27 +14,34 @@ scheme, malformed URL, missing or unreadable local file) ends in ``failed`` inst
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import av
 import av.error
-import numpy as np
 
-from stream.config import StreamConfig
+from stream.logs import stream_log
 from stream.sampler import FrameSampler
+from stream.sources.base import (
+    FINAL_STATES,
+    FatalSourceError,
+    FpsWindow,
+    SampledFrame,
+    SourceError,
+    SourceStats,
+    StateCallback,
+    StreamState,
+)
+from stream.sources.config import StreamConfig
 
-log = logging.getLogger("deepfake_stream.sources")
+log = logging.getLogger(__name__)
 
-FPS_WINDOW_S = 3.0  # fps_in is measured over this many seconds of decoding
 _MAX_PACE_SLEEP_S = 5.0  # realtime pacing never waits longer than this for one frame (pts gaps)
 _MAX_PACE_LAG_S = 0.5  # further behind than this, pacing re-anchors instead of bursting to catch up
 _NETWORK_SCHEMES_WITH_HOST = {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "tcp", "udp", "rtp"}
@@ -53,49 +60,6 @@ def redact_url(url: str) -> str:
     return _SECRET_QUERY_RE.sub(r"\1***", redacted)
 
 
-class SourceState(StrEnum):
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    RECONNECTING = "reconnecting"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-@dataclass
-class SampledFrame:
-    """One sampled frame: RGB pixels plus both the stream's clock and ours."""
-
-    image: np.ndarray  # RGB uint8, H x W x 3
-    pts_s: float  # presentation time in seconds (continues across file loops; restarts on reconnect)
-    arrival_monotonic: float  # time.monotonic() when decoded
-    arrival_wall: float  # time.time() when decoded
-    index: int  # 0, 1, 2... over the sampled frames of this source
-
-
-@dataclass(frozen=True)
-class SourceStats:
-    """A consistent snapshot of a source's counters."""
-
-    state: SourceState
-    fps_in: float  # decoded frames per second over the last FPS_WINDOW_S
-    frames_decoded: int
-    frames_sampled: int
-    frames_dropped: int  # sampled frames overwritten before the consumer took them
-    reconnects: int  # connection attempts after the first one
-    last_error: str | None
-    width: int | None
-    height: int | None
-
-
-class SourceError(Exception):
-    """A problem with the source, its message already human-readable and free of secrets."""
-
-
-class FatalSourceError(SourceError):
-    """A problem retrying cannot fix (unknown scheme, malformed URL, missing or broken local file)."""
-
-
-StateCallback = Callable[[SourceState, str | None], None]
 
 
 @dataclass(frozen=True)
@@ -171,6 +135,8 @@ class VideoSource:
             raise ValueError("need 0 < backoff_min_s <= backoff_max_s")
         self.cfg = cfg
         self.name = cfg.name
+        self.url = cfg.url
+        self._logger = stream_log(log, cfg.name)
         self._on_state = on_state
         self._backoff_min_s = backoff_min_s
         self._backoff_max_s = backoff_max_s
@@ -198,7 +164,7 @@ class VideoSource:
         self._thread_done = False  # set on the loop thread once the decoder thread has finished
         self._stopped = False  # stop() was called
 
-        self._state = SourceState.CONNECTING
+        self._state = StreamState.CONNECTING
         self._detail: str | None = None
         self._frames_decoded = 0
         self._frames_sampled = 0
@@ -207,7 +173,7 @@ class VideoSource:
         self._last_error: str | None = None
         self._width: int | None = None
         self._height: int | None = None
-        self._decode_times: collections.deque[float] = collections.deque()
+        self._fps = FpsWindow()
         self._streaming_since: float | None = None
 
     # ------------------------------------------------------------------ async API (event loop)
@@ -224,8 +190,8 @@ class VideoSource:
         self._loop = asyncio.get_running_loop()
         self._frame_ready = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
-        log.info("stream %s: starting %s", self.name, self._safe_url, extra={"stream": self.name, "event": "start"})
-        self._emit(SourceState.CONNECTING, None)
+        self._log(logging.INFO, "start", "starting %s", self._safe_url)
+        self._emit(StreamState.CONNECTING, None)
         self._thread.start()
 
     async def next_frame(self) -> SampledFrame | None:
@@ -268,24 +234,18 @@ class VideoSource:
                     "decoder thread blocked in FFmpeg; it ends within %.1f s",
                     max(self._read_timeout_s, self.cfg.open_timeout_s),
                 )
-        if self._state not in (SourceState.FAILED, SourceState.STOPPED):
-            self._set_state(SourceState.STOPPED, "stopped")
+        if self._state not in FINAL_STATES:
+            self._set_state(StreamState.STOPPED, "stopped")
 
     @property
-    def state(self) -> SourceState:
+    def state(self) -> StreamState:
         return self._state
 
     @property
     def stats(self) -> SourceStats:
         now = time.monotonic()
         with self._lock:
-            self._prune_decode_times(now)
-            if self._decode_times and self._streaming_since is not None:
-                # At least 1 s: the burst FFmpeg decodes while probing a new connection is not a rate.
-                span = min(FPS_WINDOW_S, max(now - self._streaming_since, 1.0))
-                fps = len(self._decode_times) / span
-            else:
-                fps = 0.0
+            fps = self._fps.rate(now, self._streaming_since) if self._streaming_since is not None else 0.0
             return SourceStats(
                 state=self._state,
                 fps_in=fps,
@@ -298,13 +258,13 @@ class VideoSource:
                 height=self._height,
             )
 
-    def _emit(self, state: SourceState, detail: str | None) -> None:
+    def _emit(self, state: StreamState, detail: str | None) -> None:
         """Runs on the loop thread."""
         if self._on_state is not None:
             try:
                 self._on_state(state, detail)
-            except Exception:
-                log.exception("stream %s: on_state callback failed", self.name)
+            except Exception:  # noqa: BLE001 - a failing listener must not kill the decoder
+                self._logger.exception("stream %s: on_state callback failed", self.name)
 
     def _on_thread_done(self) -> None:
         self._thread_done = True
@@ -323,7 +283,7 @@ class VideoSource:
         except RuntimeError:  # loop closed without stop(): end the thread quietly
             self._stop_requested.set()
 
-    def _set_state(self, state: SourceState, detail: str | None) -> None:
+    def _set_state(self, state: StreamState, detail: str | None) -> None:
         """Record a state and tell on_state if it or its detail changed (any thread).
 
         ``failed`` and ``stopped`` are final: a decoder thread that wakes up late from a blocked
@@ -332,12 +292,12 @@ class VideoSource:
         with self._lock:
             if state == self._state and detail == self._detail:
                 return
-            if self._state in (SourceState.FAILED, SourceState.STOPPED):
+            if self._state in FINAL_STATES:
                 return
             self._state, self._detail = state, detail
-            if state == SourceState.STREAMING:
+            if state == StreamState.STREAMING:
                 self._streaming_since = time.monotonic()
-            if state in (SourceState.FAILED, SourceState.RECONNECTING):
+            if state in (StreamState.FAILED, StreamState.RECONNECTING):
                 self._last_error = detail
         if threading.current_thread() is self._thread:
             self._post(self._emit, state, detail)
@@ -345,14 +305,14 @@ class VideoSource:
             self._emit(state, detail)
 
     def _log(self, level: int, event: str, message: str, *args: object) -> None:
-        log.log(level, "stream %s: " + message, self.name, *args, extra={"stream": self.name, "event": event})
+        self._logger.log(level, "stream %s: " + message, self.name, *args, extra={"event": event})
 
     def _run(self) -> None:
         try:
             self._run_until_done()
-        except Exception as exc:  # a bug, not a stream problem: say so instead of dying silently
-            log.exception("stream %s: decoder thread crashed", self.name)
-            self._set_state(SourceState.FAILED, f"{self._safe_url}: internal error: {self._scrub(str(exc))}")
+        except Exception as exc:  # noqa: BLE001 - a bug, not a stream problem: say so instead of dying silently
+            self._logger.exception("stream %s: decoder thread crashed", self.name)
+            self._set_state(StreamState.FAILED, f"{self._safe_url}: internal error: {self._scrub(str(exc))}")
         finally:
             self._post(self._on_thread_done)
 
@@ -386,7 +346,7 @@ class VideoSource:
                 if target.is_file:
                     if not self.cfg.loop:
                         self._log(logging.INFO, "eof", "end of file %s", self._safe_url)
-                        self._set_state(SourceState.STOPPED, "end of file")
+                        self._set_state(StreamState.STOPPED, "end of file")
                         return
                     if self._frames_decoded == frames_before:
                         self._fail(f"{self._safe_url}: no decodable video frame")
@@ -403,7 +363,7 @@ class VideoSource:
                 return
             if self._frames_decoded > frames_before:
                 delay = self._backoff_min_s  # it worked for a while: retry quickly
-            self._set_state(SourceState.RECONNECTING, detail)
+            self._set_state(StreamState.RECONNECTING, detail)
             self._log(logging.WARNING, "reconnect", "%s; retrying in %g s", detail, round(delay, 3))
             if self._stop_requested.wait(delay):
                 return
@@ -411,7 +371,7 @@ class VideoSource:
 
     def _fail(self, detail: str) -> None:
         self._log(logging.ERROR, "failed", "%s; giving up", detail)
-        self._set_state(SourceState.FAILED, detail)
+        self._set_state(StreamState.FAILED, detail)
 
     def _open(self, target: _Target) -> av.container.InputContainer:
         if target.local_path is not None:
@@ -463,13 +423,13 @@ class VideoSource:
                         return
                     if packet.stream_index == video.index:
                         for frame in self._decode(packet):
-                            if self._state != SourceState.STREAMING:
+                            if self._state != StreamState.STREAMING:
                                 with self._lock:  # the streaming status must carry this session's frame size
                                     self._width, self._height = frame.width, frame.height
                                 self._log(
                                     logging.INFO, "streaming", "streaming %s (%dx%d)", self._safe_url, frame.width, frame.height
                                 )
-                                self._set_state(SourceState.STREAMING, None)
+                                self._set_state(StreamState.STREAMING, None)
                             self._handle_frame(frame, sampler, timeline)
                             last_frame_at = time.monotonic()
                             if self._stop_requested.is_set():
@@ -508,8 +468,7 @@ class VideoSource:
         with self._lock:
             self._frames_decoded += 1
             self._width, self._height = frame.width, frame.height
-            self._decode_times.append(now)
-            self._prune_decode_times(now)
+            self._fps.record(now)
         if not sampler.accept(pts_s):
             return
         image = frame.to_ndarray(format="rgb24")
@@ -528,12 +487,6 @@ class VideoSource:
     def _wake_consumer(self) -> None:
         if self._frame_ready is not None:
             self._frame_ready.set()
-
-    def _prune_decode_times(self, now: float) -> None:
-        """Drop decode times older than the fps window; caller holds the lock."""
-        times = self._decode_times
-        while times and times[0] < now - FPS_WINDOW_S:
-            times.popleft()
 
     def _describe(self, exc: BaseException) -> str:
         """``<redacted url>: <reason>`` without the raw URL that FFmpeg errors embed."""

@@ -1,0 +1,72 @@
+"""Settings of the detector and of the batching engine, beside the code that uses them.
+
+Every model forbids unknown keys, so a typo in ``config.yaml`` is an error rather than a
+silently ignored setting, and every field says what it does (``description``): the
+README's config reference and error messages read from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from detector.weights import DEFAULT_ENCODER, PUBLISHED_CHECKPOINTS
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, defaults are validated too."""
+
+    # inf/NaN are never meaningful here, and an infinite timeout overflows the threads' waits
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+
+class DetectorConfig(StrictModel):
+    """The DFDC-winner inference settings (faces, crops, classifier, aggregation)."""
+
+    weights_dir: Path = Field(Path("weights"), description="directory that relative `weights` entries are read from")
+    weights: list[Path] = Field(
+        default_factory=lambda: [Path(name) for name in PUBLISHED_CHECKPOINTS],
+        description="classifier checkpoints; several form an ensemble whose per-model results are averaged",
+    )
+    encoder: str = Field(DEFAULT_ENCODER, description="timm encoder the checkpoints were trained with")
+    input_size: Annotated[int, Field(gt=0, le=2048)] = Field(380, description="classifier input: face crops are padded to this square")
+    frames_per_video: Annotated[int, Field(gt=0, le=10_000)] = Field(32, description="offline scan: evenly spaced frames per video")
+    thresholds: tuple[Probability, Probability, Probability] = Field((0.7, 0.8, 0.8), description="MTCNN P-, R- and O-net thresholds")
+    min_face_size: Annotated[int, Field(gt=0)] = Field(20, description="smallest face MTCNN looks for, in pixels of the rescaled frame")
+    rescale: Literal["size", "half"] = Field(
+        "size", description="frame scale before MTCNN: size = 2x under 300 px, 1x to 1000, 0.5x over 1000, 0.33x over 1900; half = always 0.5"
+    )
+    strategy: Literal["confident", "mean"] = Field("confident", description="how frame scores become a video or running score")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    batch_size: Annotated[int, Field(gt=0, le=1024)] = Field(64, description="face crops per classifier forward pass")
+    fast_mtcnn: bool = Field(True, description="facenet's nets with the per-box crop loops replaced by one exact gather (same boxes)")
+    gpu_resize: bool = Field(False, description="CUDA: shrink frames for MTCNN on the GPU (PIL-like, not bit-exact)")
+    cuda_graphs: bool = Field(False, description="CUDA: replay captured classifier graphs at fixed batch sizes")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value == "auto" or value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def weight_paths(self, base: Path | None = None) -> list[Path]:
+        """Checkpoint paths, relative ones resolved against ``weights_dir`` (itself against ``base``)."""
+        root = self.weights_dir if base is None or self.weights_dir.is_absolute() else base / self.weights_dir
+        return [w if w.is_absolute() else root / w for w in self.weights]
+
+
+class EngineConfig(StrictModel):
+    """Cross-stream batching on the one inference worker."""
+
+    max_batch: Annotated[int, Field(gt=0, le=1024)] = Field(32, description="frames per inference batch, across streams")
+    # beyond threading.TIMEOUT_MAX the worker's wait raises, hence the bound
+    max_wait_ms: Annotated[float, Field(ge=0, le=60_000)] = Field(20.0, description="how long the first frame of a batch waits for company")
+    max_pending_per_stream: Annotated[int, Field(gt=0)] = Field(
+        4, description="samples a stream may have waiting; beyond it its oldest is dropped (counted)"
+    )

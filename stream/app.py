@@ -1,0 +1,150 @@
+"""The composition root: the one place that builds every part of the service from the config and wires them.
+
+Each part gets only what it needs: the stream supervisor an engine and a publisher, the
+HTTP routes the supervisor as a ``StreamRegistry``, metrics the registry, engine and
+publisher.  Nothing else constructs these parts, so following a config value means
+reading this file and the part it is handed to.
+
+Lifecycle: ``start()`` loads the model (off the event loop), connects MQTT, starts the
+HTTP server and every configured stream; ``stop()`` (also on SIGINT/SIGTERM through
+``serve``) ends open alert episodes, sets statuses to ``stopped``, flushes pending alerts
+and publishes ``offline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from detector.aggregation import get_strategy
+from detector.build import build_engine
+from detector.classifier import CheckpointError
+from detector.engine import InferenceEngine
+from stream.config import AppConfig
+from stream.outputs.discovery import Discovery, start_discovery
+from stream.outputs.mqtt import MqttPublisher
+from stream.outputs.publisher import NullPublisher, Publisher
+from stream.service import StreamService
+from stream.web import health, metrics, whip
+from stream.web.metrics import ServiceMetrics
+from stream.web.server import HttpServer
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    """Every part of one running analyzer; ``engine``/``publisher`` may be given ready-made (demo, tests)."""
+
+    def __init__(self, cfg: AppConfig, engine: InferenceEngine | None = None, publisher: Publisher | None = None) -> None:
+        self.cfg = cfg
+        self._given_engine = engine
+        self._given_publisher = publisher
+        self._mqtt_task: asyncio.Task[None] | None = None
+        self._stop_requested = asyncio.Event()
+        self.engine: InferenceEngine | None = None
+        self.publisher: Publisher | None = None
+        self.service: StreamService | None = None
+        self.metrics: ServiceMetrics | None = None
+        self.discovery: Discovery | None = None
+        self.http: HttpServer | None = None
+
+    async def start(self) -> StreamService:
+        cfg = self.cfg
+        self.engine = self._given_engine or await asyncio.to_thread(self._load_engine)
+        self.publisher = self._given_publisher or self._start_publisher()
+        self.discovery = start_discovery(cfg.discovery, cfg.mqtt, self.publisher)
+        self.service = StreamService(
+            self.engine,
+            self.publisher,
+            window=cfg.window,
+            alerts=cfg.alerts,
+            strategy=get_strategy(cfg.detector.strategy),
+            configured=cfg.streams,
+            on_stream_added=self.discovery.announce if self.discovery is not None else None,
+        )
+        self.metrics = ServiceMetrics(self.service, self.engine, self.publisher)
+        self.engine.on_batch = self.metrics.chain_on_batch(self.engine.on_batch)
+        if cfg.http.enabled:
+            self.http = HttpServer(cfg.http, self._web_app(self.service, self.publisher, self.metrics))
+            await self.http.start()
+        self.service.start_configured()
+        return self.service
+
+    def _load_engine(self) -> InferenceEngine:
+        det = self.cfg.detector
+        engine = build_engine(det, self.cfg.engine)
+        log.info("loaded %d checkpoint(s) of %s on %s", len(engine.ensemble), det.encoder, engine.ensemble.device)
+        return engine
+
+    def _start_publisher(self) -> Publisher:
+        if not self.cfg.mqtt.enabled:
+            return NullPublisher()
+        mqtt = MqttPublisher(self.cfg.mqtt)
+        self._mqtt_task = asyncio.create_task(mqtt.run(), name="mqtt")
+        return mqtt
+
+    def _web_app(self, service: StreamService, publisher: Publisher, service_metrics: ServiceMetrics) -> web.Application:
+        cfg = self.cfg
+        app = web.Application(client_max_size=max(cfg.whip.max_sdp_bytes, 1024) + 1024)
+        health.add_routes(app, service, publisher, broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}")
+        metrics.add_routes(app, service_metrics)
+        if cfg.whip.enabled:
+            whip.add_routes(app, service, cfg.whip)
+        return app
+
+    async def stop(self) -> None:
+        """Stop every stream, end alerts, flush MQTT, release the engine."""
+        self._stop_requested.set()
+        if self.service is not None:
+            await self.service.stop()
+        if self.http is not None:
+            await self.http.stop()
+        if isinstance(self.publisher, MqttPublisher):
+            await self.publisher.close()
+            if self._mqtt_task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._mqtt_task
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.close)
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def wait(self, duration_s: float | None = None) -> None:
+        """Until SIGINT/SIGTERM (``request_stop``) or ``duration_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), duration_s)
+
+
+def stop_on_signals(app: App) -> None:
+    """SIGINT/SIGTERM ask ``app`` to stop (where the platform lets the loop handle signals)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, app.request_stop)
+
+
+async def serve(cfg: AppConfig, duration_s: float | None = None) -> None:
+    app = App(cfg)
+    stop_on_signals(app)
+    service = await app.start()
+    log.info("service running: %d stream(s)", len(service.streams))
+    try:
+        await app.wait(duration_s)
+    finally:
+        log.info("service stopping")
+        await app.stop()
+
+
+def run_service(cfg: AppConfig, duration_s: float | None = None) -> int:
+    """Entry point of ``deepfake-stream run``; bad weights are one clear line, exit 2."""
+    try:
+        asyncio.run(serve(cfg, duration_s))
+    except CheckpointError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
