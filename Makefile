@@ -5,8 +5,9 @@ demo:  ## the main job: analyse a demo stream, scores and alerts over an embedde
 	@scripts/bootstrap.sh demo
 	@PATH="$$HOME/.local/bin:$$PATH" uv run --frozen deepfake-stream demo $(ARGS)
 
-test:  ## the whole test suite (installs mosquitto and the RTSP server from Debian if missing)
+test:  ## lint, then the whole test suite (installs mosquitto and the RTSP server from Debian if missing)
 	@scripts/bootstrap.sh test
+	@PATH="$$HOME/.local/bin:$$PATH" uv run --frozen ruff check .
 	@PATH="$$HOME/.local/bin:$$PATH" uv run --frozen pytest $(ARGS)
 
 run:  ## the service on config.yaml
