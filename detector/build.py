@@ -6,13 +6,14 @@ these functions, so an option set in ``config.yaml`` reaches every one of them.
 
 from __future__ import annotations
 
-from pathlib import Path
+import torch
 
 from detector.aggregation import get_strategy
-from detector.classifier import Ensemble
+from detector.classifier import DeepFakeClassifier, Ensemble
 from detector.config import DetectorConfig, EngineConfig
 from detector.engine import BatchHook, InferenceEngine
 from detector.faces import FaceDetector, resolve_device
+from detector.model_choice import ModelChoice, choose_model
 from detector.pipeline import VideoPredictor
 
 
@@ -28,11 +29,17 @@ def build_detector(cfg: DetectorConfig) -> FaceDetector:
     )
 
 
-def build_ensemble(cfg: DetectorConfig, base: Path | None = None) -> Ensemble:
-    """Load every configured checkpoint strictly (CheckpointError names the bad one)."""
-    ensemble = Ensemble.from_checkpoints(cfg.weight_paths(base), cfg.encoder, resolve_device(cfg.device))
+def build_ensemble(cfg: DetectorConfig, choice: ModelChoice | None = None) -> Ensemble:
+    """Load the chosen checkpoints strictly (CheckpointError names the bad one); random weights only if chosen."""
+    choice = choice or choose_model(cfg)
+    device = resolve_device(cfg.device)
+    if choice.random:
+        torch.manual_seed(0)
+        ensemble = Ensemble([DeepFakeClassifier(choice.encoder)], device, label=choice.label)
+    else:
+        ensemble = Ensemble.from_checkpoints(choice.paths, choice.encoder, device, label=choice.label)
     if cfg.cuda_graphs:
-        ensemble.enable_cuda_graphs(cfg.input_size)
+        ensemble.enable_cuda_graphs(choice.input_size)
     return ensemble
 
 
@@ -40,14 +47,20 @@ def build_engine(
     cfg: DetectorConfig,
     engine: EngineConfig,
     *,
+    choice: ModelChoice | None = None,
     ensemble: Ensemble | None = None,
     input_size: int | None = None,
     on_batch: BatchHook | None = None,
 ) -> InferenceEngine:
-    """The live inference worker; ``ensemble``/``input_size`` replace the configured ones (demo fallback, benchmarks)."""
+    """The live inference worker for ``choice`` (default: ``choose_model(cfg)``); ``ensemble``/``input_size``
+    replace it outright (benchmarks with random weights)."""
+    if ensemble is None:
+        choice = choice or choose_model(cfg)
+        ensemble = build_ensemble(cfg, choice)
+        input_size = input_size or choice.input_size
     return InferenceEngine(
         build_detector(cfg),
-        ensemble if ensemble is not None else build_ensemble(cfg),
+        ensemble,
         input_size=input_size or cfg.input_size,
         max_batch=engine.max_batch,
         max_wait_ms=engine.max_wait_ms,
@@ -57,13 +70,14 @@ def build_engine(
     )
 
 
-def build_predictor(cfg: DetectorConfig) -> VideoPredictor:
+def build_predictor(cfg: DetectorConfig, choice: ModelChoice | None = None) -> VideoPredictor:
     """The offline whole-video predictor (``scan``)."""
+    choice = choice or choose_model(cfg)
     return VideoPredictor(
         build_detector(cfg),
-        build_ensemble(cfg),
+        build_ensemble(cfg, choice),
         frames_per_video=cfg.frames_per_video,
-        input_size=cfg.input_size,
+        input_size=choice.input_size,
         strategy=get_strategy(cfg.strategy),
         batch_size=cfg.batch_size,
     )

@@ -65,6 +65,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def read_metadata(path: str | Path) -> dict[str, object]:
+    """The plain keys a checkpoint carries beside its state dict (the embedded model's encoder and input size)."""
+    raw = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return {k: v for k, v in raw.items() if k != "state_dict" and not isinstance(v, torch.Tensor)} if isinstance(raw, Mapping) else {}
+
+
 def load_classifier(path: str | Path, encoder: str = DEFAULT_ENCODER) -> DeepFakeClassifier:
     """Load a published checkpoint (``{"state_dict": ...}`` or bare, ``module.``-prefixed) strictly."""
     path = Path(path)
@@ -104,9 +110,10 @@ class Ensemble:
     fp16 + channels_last on CUDA (as the winner ran), fp32 on CPU.
     """
 
-    def __init__(self, models: Sequence[nn.Module], device: torch.device, half: bool | None = None) -> None:
+    def __init__(self, models: Sequence[nn.Module], device: torch.device, half: bool | None = None, label: str = "") -> None:
         if not models:
             raise ValueError("an ensemble needs at least one model")
+        self.label = label or f"{len(models)} model(s)"  # what runs, for logs and prediction files
         self.device = device
         self.half = device.type == "cuda" if half is None else half
         self.dtype = torch.float16 if self.half else torch.float32
@@ -125,8 +132,8 @@ class Ensemble:
         self._runners = [GraphedModel(m, input_size, self.dtype, self.channels_last, sizes or DEFAULT_SIZES, self.device, pool) for m in self.models]
 
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[str | Path], encoder: str, device: torch.device) -> Ensemble:
-        return cls([load_classifier(p, encoder) for p in paths], device)
+    def from_checkpoints(cls, paths: Sequence[str | Path], encoder: str, device: torch.device, label: str = "") -> Ensemble:
+        return cls([load_classifier(p, encoder) for p in paths], device, label=label)
 
     def __len__(self) -> int:
         return len(self.models)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from detector.weights import DEFAULT_ENCODER, PUBLISHED_CHECKPOINTS
+from detector.weights import DEFAULT_ENCODER, PUBLISHED_CHECKPOINTS, default_cache_dir
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -28,10 +28,18 @@ class StrictModel(BaseModel):
 class DetectorConfig(StrictModel):
     """The DFDC-winner inference settings (faces, crops, classifier, aggregation)."""
 
-    weights_dir: Path = Field(Path("weights"), description="directory that relative `weights` entries are read from")
+    weights_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="directory relative `weights` entries are read from; default $DEEPFAKE_STREAM_WEIGHTS or ~/.cache/deepfake-stream/weights, "
+        "where `deepfake-stream weights download` puts them",
+    )
     weights: list[Path] = Field(
         default_factory=lambda: [Path(name) for name in PUBLISHED_CHECKPOINTS],
         description="classifier checkpoints; several form an ensemble whose per-model results are averaged",
+    )
+    fallback: Literal["embedded", "none"] = Field(
+        "embedded",
+        description="while none of the DFDC winner's checkpoints is in weights_dir: embedded = run the shipped self-blended model; none = refuse to start",
     )
     encoder: str = Field(DEFAULT_ENCODER, description="timm encoder the checkpoints were trained with")
     input_size: Annotated[int, Field(gt=0, le=2048)] = Field(380, description="classifier input: face crops are padded to this square")
@@ -47,6 +55,11 @@ class DetectorConfig(StrictModel):
     fast_mtcnn: bool = Field(True, description="facenet's nets with the per-box crop loops replaced by one exact gather (same boxes)")
     gpu_resize: bool = Field(False, description="CUDA: shrink frames for MTCNN on the GPU (PIL-like, not bit-exact)")
     cuda_graphs: bool = Field(False, description="CUDA: replay captured classifier graphs at fixed batch sizes")
+
+    @field_validator("weights_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @field_validator("device")
     @classmethod

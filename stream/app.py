@@ -77,7 +77,7 @@ class App:
     def _load_engine(self) -> InferenceEngine:
         det = self.cfg.detector
         engine = build_engine(det, self.cfg.engine)
-        log.info("loaded %d checkpoint(s) of %s on %s", len(engine.ensemble), det.encoder, engine.ensemble.device)
+        log.info("classifier: %s on %s, input %d px", engine.ensemble.label, engine.ensemble.device, engine.input_size)
         return engine
 
     def _start_publisher(self) -> Publisher:

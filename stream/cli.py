@@ -76,12 +76,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_download(args: argparse.Namespace) -> int:
-    from detector.weights import PUBLISHED_CHECKPOINTS, RELEASE_URL, DownloadError, default_cache_dir, download_checkpoints
+    from detector.weights import PUBLISHED_CHECKPOINTS, DownloadError, default_cache_dir, download_checkpoints
 
     dest = args.dir or default_cache_dir()
     names = args.names or list(PUBLISHED_CHECKPOINTS)
     try:
-        paths = download_checkpoints(dest, names, base_url=args.base_url or RELEASE_URL, progress=not args.no_progress)
+        paths = download_checkpoints(dest, names, base_url=args.base_url, progress=not args.no_progress)
     except DownloadError as exc:
         raise UsageError(str(exc)) from None
     print(f"{len(paths)} checkpoints in {dest}")
@@ -111,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--duration must be positive")
     cfg = load_app_config(args.config)
     configure_logging(args, cfg)
-    return demo.main(cfg, config_given=args.config is not None, duration_s=args.duration, broker=args.broker)
+    return demo.main(cfg, config_given=args.config is not None, duration_s=args.duration, broker=args.broker, download=not args.no_download)
 
 
 def build_parser() -> OneLineParser:
@@ -140,8 +140,8 @@ def build_parser() -> OneLineParser:
     weights = sub.add_parser("weights", help="manage classifier checkpoints")
     wsub = weights.add_subparsers(dest="weights_command", required=True, parser_class=OneLineParser)
     dl = wsub.add_parser("download", help="fetch the DFDC winner's 7 B7 checkpoints")
-    dl.add_argument("--dir", type=Path, default=None, help="cache directory (default ~/.cache/deepfake-stream/weights)")
-    dl.add_argument("--base-url", default=None, help="mirror serving the release files")
+    dl.add_argument("--dir", type=Path, default=None, help="where to put them (default: $DEEPFAKE_STREAM_WEIGHTS or ~/.cache/deepfake-stream/weights, where the config reads them)")
+    dl.add_argument("--base-url", default=None, help="mirror serving the release files (default: $DEEPFAKE_STREAM_WEIGHTS_URL or the GitHub release)")
     dl.add_argument("--names", nargs="+", default=None, help="only these checkpoint names")
     dl.add_argument("--no-progress", action="store_true")
     dl.set_defaults(func=cmd_weights_download)
@@ -159,6 +159,7 @@ def build_parser() -> OneLineParser:
         help="embedded: an in-process broker on loopback; config: the configured one (default: config when --config sets a reachable mqtt.host)",
     )
     demo.add_argument("--clip-out", type=Path, default=None, help="only write the demo clip to this file and exit")
+    demo.add_argument("--no-download", action="store_true", help="never fetch a checkpoint: use what is on disk, else the embedded model")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -44,15 +44,15 @@ log = logging.getLogger(__name__)
 
 BrokerChoice = Literal["embedded", "config"]
 DEMO_STREAM = {"name": "demo", "url": "demo:", "sample_fps": 2.0}
-FALLBACK_ENCODER = "tf_efficientnet_b0.ns_jft_in1k"
 CPU_FALLBACK_INPUT_SIZE = 160  # B0 at 160 px + MTCNN keeps 2 samples/s on 2 CPU cores
 DEFAULT_HTTP_PORT = 8080
 SUMMARY_PREFIX = "demo summary: "
 BROKER_PREFIX = "demo MQTT broker: "
 RANDOM_WEIGHTS_WARNING = (
     "NO CLASSIFIER WEIGHTS FOUND ({missing}): the demo runs a RANDOMLY INITIALISED B0 classifier, "
-    "so its scores and alerts are MEANINGLESS until you run `deepfake-stream weights download --dir {weights_dir}`"
+    "so its scores and alerts are MEANINGLESS until you run `{command}`"
 )
+DEMO_CHECKPOINT = "final_999_DeepFakeClassifier_tf_efficientnet_b7_ns_0_23"  # the one the demo fetches when it can
 
 
 @dataclass
@@ -178,41 +178,48 @@ class EmbeddedBroker:
 # ------------------------------------------------------------------- weights
 
 
-def present_checkpoints(cfg: AppConfig, base: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """(existing, missing) configured checkpoint files."""
-    paths = cfg.detector.weight_paths(base)
-    return [p for p in paths if p.is_file()], [p for p in paths if not p.is_file()]
+def demo_model(cfg: AppConfig, download: bool = True) -> Any:
+    """What the demo runs: the configured checkpoints; else one of the winner's, downloaded now if the
+    release can be reached (checked to load before it is kept); else the embedded model; else random weights."""
+    from detector.classifier import load_classifier
+    from detector.model_choice import ModelChoice, choose_model
+    from detector.weights import DownloadError, download_checkpoints, release_url
+
+    det = cfg.detector
+    choice = choose_model(det, allow_random=True)
+    if choice.kind == "configured" or not download or not choice.missing or choice.hint is None:
+        return choice
+    name = DEMO_CHECKPOINT if DEMO_CHECKPOINT in {p.name for p in choice.missing} else choice.missing[0].name
+    log.info("demo: fetching one of the DFDC winner's checkpoints (%s, ~270 MB) from %s into %s", name, release_url(), det.weights_dir)
+    try:
+        [path] = download_checkpoints(det.weights_dir, [name], verify=lambda part: load_classifier(part, det.encoder) and None)
+    except DownloadError as exc:
+        log.warning("demo: could not fetch %s (%s); running %s", name, exc, "the embedded model" if choice.kind == "embedded" else "without trained weights")
+        return choice
+    return ModelChoice("configured", [path], det.encoder, det.input_size, f"1 checkpoint of {det.encoder} (fetched for the demo; all 7: {choice.hint})")
 
 
-def build_engine(cfg: AppConfig) -> tuple[Any, str]:
-    """The inference engine from the checkpoints on disk, else from a random B0; returns (engine, weights label)."""
-    import torch
-
+def build_engine(cfg: AppConfig, download: bool = True) -> tuple[Any, str]:
+    """The inference engine for ``demo_model``; returns (engine, model label)."""
     from detector.build import build_engine as build_inference_engine
-    from detector.classifier import DeepFakeClassifier, Ensemble
     from detector.faces import resolve_device
 
-    det, eng = cfg.detector, cfg.engine
+    det = cfg.detector
+    choice = demo_model(cfg, download)
     device = resolve_device(det.device)
-    existing, missing = present_checkpoints(cfg)
-    input_size = det.input_size
-    if existing:
-        if missing:
-            log.warning("%d of %d configured checkpoints are missing; the demo uses the %d present", len(missing), len(existing) + len(missing), len(existing))
-        ensemble = Ensemble.from_checkpoints(existing, det.encoder, device)
-        label = f"{len(existing)} checkpoint(s) of {det.encoder}"
-        if device.type == "cpu" and len(existing) > 1:
-            log.warning("%d-model ensemble on CPU: expect seconds per sample, not real time (a GPU, or fewer `detector.weights`)", len(existing))
-    else:
-        log.warning(RANDOM_WEIGHTS_WARNING.format(missing=", ".join(p.name for p in missing[:2]) + (" ..." if len(missing) > 2 else ""), weights_dir=det.weights_dir))
-        torch.manual_seed(0)
-        ensemble = Ensemble([DeepFakeClassifier(FALLBACK_ENCODER)], device)
+    input_size = choice.input_size
+    if choice.random:
+        missing = ", ".join(p.name for p in choice.missing[:2]) + (" ..." if len(choice.missing) > 2 else "")
+        log.warning(RANDOM_WEIGHTS_WARNING.format(missing=missing, command=choice.hint or "deepfake-stream weights download"))
         if device.type == "cpu":
             input_size = min(input_size, CPU_FALLBACK_INPUT_SIZE)
-        label = "RANDOM B0 (scores meaningless)"
-    log.info("demo classifier: %s on %s, input %d px", label, device, input_size)
-    engine = build_inference_engine(det, eng, ensemble=ensemble, input_size=input_size)
-    return engine, label
+    elif choice.kind == "embedded":
+        log.warning("demo: the DFDC winner's checkpoints are not here; running the %s. For the winner's ensemble: %s", choice.label.split(";")[0], choice.hint)
+    if device.type == "cpu" and len(choice.paths) > 1:
+        log.warning("%d-model ensemble on CPU: expect seconds per sample, not real time (a GPU, or fewer `detector.weights`)", len(choice.paths))
+    log.info("demo classifier: %s on %s, input %d px", choice.label, device, input_size)
+    engine = build_inference_engine(det, cfg.engine, choice=choice, input_size=input_size)
+    return engine, choice.label
 
 
 # --------------------------------------------------------------------- table
@@ -280,7 +287,7 @@ def logs_above(live: Live) -> Iterator[None]:
 # ----------------------------------------------------------------------- run
 
 
-async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: BrokerChoice, console: Console | None = None) -> DemoSummary:
+async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: BrokerChoice, console: Console | None = None, download: bool = True) -> DemoSummary:
     """Broker (maybe), service, live table until ``duration_s`` or a signal; returns the summary."""
     from stream.app import App, stop_on_signals
 
@@ -294,7 +301,7 @@ async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: Brok
     cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update={"port": demo_http_port(cfg)})})
     print(f"{BROKER_PREFIX}{broker_label} (topics {cfg.mqtt.topic_prefix}/#)", flush=True)
 
-    engine, weights_label = await asyncio.to_thread(build_engine, cfg)
+    engine, weights_label = await asyncio.to_thread(build_engine, cfg, download)
     app = App(cfg, engine=engine)
     stop_on_signals(app)
     started = time.monotonic()
@@ -346,7 +353,7 @@ def _summary(view: DemoView, broker_label: str, weights_label: str, seconds: flo
     )
 
 
-def main(cfg: AppConfig, config_given: bool, duration_s: float | None, broker: BrokerChoice | None) -> int:
+def main(cfg: AppConfig, config_given: bool, duration_s: float | None, broker: BrokerChoice | None, download: bool = True) -> int:
     """Entry point of ``deepfake-stream demo``; bad checkpoints are one line, exit 2."""
     from detector.classifier import CheckpointError
 
@@ -354,7 +361,7 @@ def main(cfg: AppConfig, config_given: bool, duration_s: float | None, broker: B
     choice, why = choose_broker(cfg, config_given, broker)
     log.info("demo MQTT: %s broker (%s)", choice, why)
     try:
-        summary = asyncio.run(run_demo(cfg, duration_s, choice))
+        summary = asyncio.run(run_demo(cfg, duration_s, choice, download=download))
     except CheckpointError as exc:
         log.error("%s", exc)
         return 2

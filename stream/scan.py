@@ -49,6 +49,7 @@ def write_predictions(predictions: Sequence[VideoPrediction], out: Path) -> None
 def scan(videos: Sequence[Path], cfg: DetectorConfig, out: Path, progress: bool = True) -> list[VideoPrediction]:
     """Score every video; undecodable or face-less ones get 0.5 and a warning naming file and reason."""
     predictor = build_predictor(cfg)
+    log.info("classifier: %s on %s", predictor.ensemble.label, predictor.ensemble.device)
     names = [v.name for v in videos]
     if len(set(names)) != len(names):
         log.warning("several inputs share a file name; the CSV's filename column will repeat")

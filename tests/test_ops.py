@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -323,9 +325,12 @@ async def test_demo_command_runs_with_embedded_broker(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("deepfake-stream")
     assert script.is_file(), "the console script from pyproject's [project.scripts] is installed in the venv"
     err_path = tmp_path / "demo.err"
+    with socket.socket() as closed:  # the release URL points at a port nobody listens on: the download fails at once
+        closed.bind(("127.0.0.1", 0))
+        env = {**os.environ, "DEEPFAKE_STREAM_WEIGHTS": str(tmp_path / "weights"), "DEEPFAKE_STREAM_WEIGHTS_URL": f"http://127.0.0.1:{closed.getsockname()[1]}"}
     with err_path.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            str(script), "--log-json", "demo", "--duration", "20", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=err
+            str(script), "--log-json", "demo", "--duration", "20", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=err, env=env
         )
         try:
             assert proc.stdout is not None

@@ -110,3 +110,36 @@ def test_cli_download(server: tuple[str, Path], tmp_path: Path, capsys: pytest.C
     assert code == 0
     assert (tmp_path / "final_test_b0").is_file()
     assert "1 checkpoints" in capsys.readouterr().out
+
+
+def test_a_download_that_is_not_the_expected_checkpoint_replaces_nothing(server: tuple[str, Path], tmp_path: Path) -> None:
+    """The release served a b0 checkpoint where a b1 was expected: deleted, the final name never appears."""
+    url, _ = server
+    dest = tmp_path / "cache"
+    with pytest.raises(DownloadError, match="not the expected checkpoint"):
+        download_checkpoints(dest, ["final_test_b0"], base_url=url, progress=False, verify=lambda part: load_classifier(part, "tf_efficientnet_b1") and None)
+    assert not (dest / "final_test_b0").exists() and not (dest / "final_test_b0.part").exists()
+    [path] = download_checkpoints(dest, ["final_test_b0"], base_url=url, progress=False, verify=lambda part: load_classifier(part, TEST_ENCODER) and None)
+    assert path.is_file()
+
+
+def test_a_failed_download_leaves_no_empty_directory(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dest = tmp_path / "a" / "b" / "weights"
+    with pytest.raises(DownloadError, match="cannot reach"):
+        download_checkpoints(dest, ["final_test_b0"], base_url=f"http://127.0.0.1:{port}", progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_download_and_config_share_one_default_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detector.config import DetectorConfig
+    from detector.weights import default_cache_dir, download_command
+
+    monkeypatch.setenv("DEEPFAKE_STREAM_WEIGHTS", str(tmp_path / "w"))
+    assert DetectorConfig().weights_dir == default_cache_dir() == tmp_path / "w"
+    assert download_command(DetectorConfig().weights_dir) == "deepfake-stream weights download"
+    assert download_command(tmp_path / "elsewhere", ["x"]) == f"deepfake-stream weights download --dir {tmp_path / 'elsewhere'} --names x"
