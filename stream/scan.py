@@ -47,9 +47,9 @@ def write_predictions(predictions: Sequence[VideoPrediction], out: Path) -> None
     tmp.replace(out)
 
 
-def scan(videos: Sequence[Path], cfg: DetectorConfig, out: Path, progress: bool = True) -> list[VideoPrediction]:
-    """Score every video; undecodable or face-less ones get 0.5 and a warning naming file and reason."""
-    predictor = VideoPredictor(
+def build_predictor(cfg: DetectorConfig) -> VideoPredictor:
+    """The whole-video predictor of the config: one place, so every scan (plain or on Ray) scores alike."""
+    return VideoPredictor(
         build_detector(cfg),
         build_ensemble(cfg),
         frames_per_video=cfg.frames_per_video,
@@ -57,6 +57,11 @@ def scan(videos: Sequence[Path], cfg: DetectorConfig, out: Path, progress: bool 
         strategy=get_strategy(cfg.strategy),
         batch_size=cfg.batch_size,
     )
+
+
+def scan(videos: Sequence[Path], cfg: DetectorConfig, out: Path, progress: bool = True) -> list[VideoPrediction]:
+    """Score every video; undecodable or face-less ones get 0.5 and a warning naming file and reason."""
+    predictor = build_predictor(cfg)
     names = [v.name for v in videos]
     if len(set(names)) != len(names):
         log.warning("several inputs share a file name; the CSV's filename column will repeat")
