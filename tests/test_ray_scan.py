@@ -179,3 +179,13 @@ def test_missing_or_doubled_rows_are_an_error() -> None:
         predictions_from_rows([row], [Path("a.mp4"), Path("b.mp4")])
     with pytest.raises(RayScanError, match="2 results for 1 videos"):
         predictions_from_rows([row, row], [Path("a.mp4")])
+
+
+def test_decode_tasks_stay_light_the_module_imports_no_torch() -> None:
+    """Decode workers load this module by reference: torch, timm and facenet (seconds each) are for the actors only."""
+    import subprocess
+    import sys
+
+    script = "import sys, stream.ray_scan; print(sorted(m for m in ('torch', 'timm', 'facenet_pytorch', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
