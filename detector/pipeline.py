@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +71,14 @@ class VideoPredictor:
             sampled = read_evenly_spaced_frames(path, self.frames_per_video)
         except VideoReadError as exc:
             return VideoPrediction(path, NEUTRAL_SCORE, 0, 0, str(exc))
-        faces = self.detector.detect(sampled.frames)
+        return self.score_frames(path, sampled.frames)
+
+    def score_frames(self, path: Path, frames: Sequence[np.ndarray]) -> VideoPrediction:
+        """Faces, classifier and strategy on frames already read (a distributed scan decodes elsewhere)."""
+        faces = self.detector.detect(frames)
         crops = self.crops_for(faces)
         if not crops:
-            return VideoPrediction(path, NEUTRAL_SCORE, len(sampled.frames), 0, f"{path}: no face found")
+            return VideoPrediction(path, NEUTRAL_SCORE, len(frames), 0, f"{path}: no face found")
         scores = faces_to_scores(crops, self.ensemble, self.input_size, self.batch_size)
         score = Ensemble.aggregate(scores, self.strategy)
-        return VideoPrediction(path, score, len(sampled.frames), len(crops))
+        return VideoPrediction(path, score, len(frames), len(crops))

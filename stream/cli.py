@@ -9,10 +9,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from stream.config import AppConfig, ConfigError, load_config
+from stream.config import AppConfig, ConfigError, DetectorConfig, load_config
 from stream.logs import setup_logging
+
+if TYPE_CHECKING:
+    from detector.pipeline import VideoPrediction
 
 EXIT_USAGE = 2
 DEFAULT_CONFIG = Path("config.yaml")
@@ -49,12 +52,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if not videos:
         raise UsageError("no video files found in " + " ".join(args.inputs))
     try:
-        predictions = scan(videos, cfg, args.out, progress=not args.no_progress)
+        if args.ray is not None:
+            predictions = cmd_scan_ray(args, cfg, videos)
+        else:
+            predictions = scan(videos, cfg, args.out, progress=not args.no_progress)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     failed = sum(1 for p in predictions if p.error)
     print(f"wrote {len(predictions)} predictions to {args.out} ({failed} scored 0.5 for lack of a face or a frame)")
     return 0
+
+
+def cmd_scan_ray(args: argparse.Namespace, cfg: DetectorConfig, videos: list[Path]) -> list[VideoPrediction]:
+    """``scan --ray [ADDRESS]``: the same scan spread over a Ray cluster (stream/ray_scan.py)."""
+    from stream.ray_scan import RayScanError, ray_scan
+
+    if Path(args.ray).exists():  # `scan --ray a.mp4 b.mp4` reads a.mp4 as the address
+        raise UsageError(f"--ray took {args.ray!r} as the Ray address: put --ray after the videos, or give the address (--ray local)")
+    try:
+        return ray_scan(videos, cfg, args.out, address=args.ray, progress=not args.no_progress)
+    except RayScanError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -129,6 +147,7 @@ def build_parser() -> OneLineParser:
     scan.add_argument("--frames", type=int, default=None, help="frames per video (default 32)")
     scan.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     scan.add_argument("--no-progress", action="store_true")
+    scan.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help="spread the videos over Ray: a local instance, or ADDRESS (auto, ray://head:10001)")
     scan.set_defaults(func=cmd_scan)
 
     ev = sub.add_parser("eval", help="log loss, ROC AUC and accuracy of a predictions CSV")

@@ -1,0 +1,220 @@
+"""Splitting the configured streams over replicas without a coordinator.
+
+Every replica reads the same config (the full stream list) and keeps only the
+streams that rendezvous (highest-random-weight) hashing gives its shard: a
+stream belongs to the shard with the largest ``blake2b(f"{shard}:{stream}")``.
+No replica talks to another, and adding a shard moves only the ~1/(N+1) of the
+streams that the new shard wins; every other stream stays where it was.
+
+The hash is stable across processes, machines and Python versions (never
+Python's salted ``hash()``): replicas must agree on the owner of every stream.
+
+Which shard a process is comes from the config, else the environment
+(``DEEPFAKE_SHARD_INDEX``/``DEEPFAKE_SHARD_COUNT``), else a StatefulSet pod's
+ordinal (``deepfake-stream-3`` -> 3) with ``DEEPFAKE_SHARD_COUNT``; without any
+of them a process is the single shard 0 of 1.  This module imports nothing of
+the service, so the config module can import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SHARD_INDEX_ENV = "DEEPFAKE_SHARD_INDEX"
+SHARD_COUNT_ENV = "DEEPFAKE_SHARD_COUNT"
+POD_NAME_ENVS = ("POD_NAME", "HOSTNAME")  # POD_NAME: the downward API; HOSTNAME: a pod's own name
+MAX_SHARDS = 65_536  # owner() is O(count) per stream; beyond this a config value is a typo
+
+_ORDINAL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?-(?P<ordinal>0|[1-9][0-9]*)$", re.IGNORECASE)
+
+Source = Literal["config", "environment", "pod-ordinal", "default"]
+
+
+class ShardingError(ValueError):
+    """Shard settings that cannot work; the message names the value and where it came from."""
+
+
+def shard_weight(stream: str, shard: int) -> int:
+    """The rendezvous weight of ``stream`` on ``shard``: 64 bits of blake2b, the same in every process."""
+    digest = hashlib.blake2b(f"{shard}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(stream: str, count: int) -> int:
+    """The shard (``0 <= shard < count``) that watches ``stream``; ties (never seen in 64 bits) go to the lower index."""
+    _check_count(count, "shard count")
+    return max(range(count), key=lambda shard: (shard_weight(stream, shard), -shard))
+
+
+def streams_for_shard(names: Iterable[str], index: int, count: int) -> list[str]:
+    """The names that shard ``index`` of ``count`` owns, in their given order."""
+    _check_index(index, count, "shard index")
+    return [name for name in names if owner(name, count) == index]
+
+
+def assignment(names: Iterable[str], count: int) -> dict[int, list[str]]:
+    """Every shard's streams (empty lists included), for operators and tests: who watches what."""
+    _check_count(count, "shard count")
+    shards: dict[int, list[str]] = {shard: [] for shard in range(count)}
+    for name in names:
+        shards[owner(name, count)].append(name)
+    return shards
+
+
+def pod_ordinal(pod_name: str) -> int | None:
+    """A StatefulSet pod's ordinal (``deepfake-stream-3`` -> 3), or None for a name without one."""
+    match = _ORDINAL.match(pod_name.strip())
+    return int(match["ordinal"]) if match else None
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """This process's shard: ``index`` of ``count``, its ``instance`` name, and where the index came from."""
+
+    index: int = 0
+    count: int = 1
+    instance: str = ""  # empty: shard-<index>
+    source: Source = "default"
+
+    def __post_init__(self) -> None:
+        _check_index(self.index, self.count, "shard index")
+        if not self.instance:
+            object.__setattr__(self, "instance", f"shard-{self.index}")
+
+    @property
+    def sharded(self) -> bool:
+        return self.count > 1
+
+    def owns(self, stream: str) -> bool:
+        return self.count == 1 or owner(stream, self.count) == self.index
+
+    def select(self, names: Iterable[str]) -> list[str]:
+        """The names this shard keeps, in their given order."""
+        return [name for name in names if self.owns(name)]
+
+    def describe(self) -> str:
+        """One line for the start-up log: ``shard 3 of 8 (pod-ordinal, instance deepfake-stream-3)``."""
+        return f"shard {self.index} of {self.count} ({self.source}, instance {self.instance})"
+
+
+def resolve_shard(
+    index: int | None = None,
+    count: int | None = None,
+    instance: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ShardSpec:
+    """Explicit values win; else ``DEEPFAKE_SHARD_INDEX``/``DEEPFAKE_SHARD_COUNT``; else the pod ordinal; else 0 of 1.
+
+    Raises ShardingError for an index outside ``[0, count)``, a count below 1,
+    a non-integer variable, or a count above 1 with no index and no pod ordinal
+    to take it from (every replica would otherwise think it is shard 0).
+    """
+    env = os.environ if environ is None else environ
+    pod_name = next((env[key].strip() for key in POD_NAME_ENVS if env.get(key, "").strip()), None)
+
+    count_from = "config"
+    if count is None:
+        count, count_from = _env_int(env, SHARD_COUNT_ENV), f"${SHARD_COUNT_ENV}"
+    if count is None:
+        count, count_from = 1, "the default"
+    _check_count(count, f"shard count ({count_from})")
+
+    source: Source = "config"
+    index_from = "config"
+    if index is None:
+        index, source, index_from = _env_int(env, SHARD_INDEX_ENV), "environment", f"${SHARD_INDEX_ENV}"
+    if index is None and count == 1:
+        index, source, index_from = 0, "default", "the default"
+    if index is None:
+        if pod_name is None:
+            raise ShardingError(
+                f"shard count {count} ({count_from}) but no shard index: set {SHARD_INDEX_ENV}, "
+                f"sharding.index, or run as a StatefulSet pod (POD_NAME/HOSTNAME like deepfake-stream-3)"
+            )
+        index = pod_ordinal(pod_name)
+        if index is None:
+            raise ShardingError(
+                f"shard count {count} ({count_from}) but pod name {pod_name!r} has no StatefulSet ordinal "
+                f"(expected a name ending in -<number>, like deepfake-stream-3); set {SHARD_INDEX_ENV} or sharding.index"
+            )
+        source, index_from = "pod-ordinal", f"the ordinal of pod {pod_name!r}"
+    if index < 0 or index >= count:
+        hint = f"; is {SHARD_COUNT_ENV} the StatefulSet's replica count?" if source == "pod-ordinal" else ""
+        raise ShardingError(f"shard index {index} ({index_from}) is outside 0..{count - 1} for shard count {count} ({count_from}){hint}")
+
+    if instance is None or not instance.strip():
+        instance = pod_name or f"shard-{index}"
+    return ShardSpec(index=index, count=count, instance=instance.strip(), source=source)
+
+
+class ShardingConfig(BaseModel):
+    """``sharding:`` in config.yaml: which part of the stream list this replica watches.
+
+    Leave it empty on Kubernetes: a StatefulSet pod finds its index in its own
+    name and the count in ``DEEPFAKE_SHARD_COUNT``, which the manifests set to
+    the replica count.  Every replica must read the same stream list.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    index: int | None = Field(
+        default=None,
+        ge=0,
+        description=f"This replica's shard, 0 <= index < count. Default: ${SHARD_INDEX_ENV}, else the StatefulSet pod ordinal, else 0.",
+    )
+    count: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_SHARDS,
+        description=f"How many replicas share the stream list. Default: ${SHARD_COUNT_ENV}, else 1 (this replica watches every stream).",
+    )
+    instance: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="This replica's name in logs, metrics and MQTT client ids. Default: the pod name ($POD_NAME, else $HOSTNAME), else shard-<index>.",
+    )
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> ShardingConfig:
+        if self.index is not None and self.count is not None and self.index >= self.count:
+            raise ValueError(f"index {self.index} must be below count {self.count}")
+        return self
+
+    def resolve(self, environ: Mapping[str, str] | None = None) -> ShardSpec:
+        """This replica's ShardSpec: these values first, then the environment (see ``resolve_shard``)."""
+        return resolve_shard(self.index, self.count, self.instance, environ)
+
+
+def _env_int(env: Mapping[str, str], key: str) -> int | None:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ShardingError(f"${key}={raw!r} is not an integer") from None
+
+
+def _check_count(count: int, what: str) -> None:
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise ShardingError(f"{what} must be an integer, got {count!r}")
+    if count < 1:
+        raise ShardingError(f"{what} is {count}: it must be at least 1")
+    if count > MAX_SHARDS:
+        raise ShardingError(f"{what} is {count}: at most {MAX_SHARDS} shards")
+
+
+def _check_index(index: int, count: int, what: str) -> None:
+    _check_count(count, "shard count")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ShardingError(f"{what} must be an integer, got {index!r}")
+    if not 0 <= index < count:
+        raise ShardingError(f"{what} {index} is outside 0..{count - 1} for shard count {count}")
