@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from stream.evaluate import EvalInputError, read_labels, read_predictions  # noqa: E402
 from training.evaluate import EvaluationError, evaluate_by_kind, format_table  # noqa: E402
-from training.prepare import DatasetError, identity_of, read_manifest  # noqa: E402
+from training.layout import DatasetError  # noqa: E402
+from training.prepare import identity_of, read_manifest  # noqa: E402
 
 
 def read_kinds(path: Path) -> dict[str, str]:

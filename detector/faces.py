@@ -17,7 +17,9 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
+from detector.devices import resolve_device
 from detector.fast_mtcnn import detect_fast
+from detector.preprocessing import crop_with_margin
 
 DEFAULT_THRESHOLDS = (0.7, 0.8, 0.8)
 RescaleRule = Literal["size", "half"]
@@ -41,17 +43,6 @@ def detection_scale(width: int, height: int, rule: RescaleRule = "size") -> floa
     return 0.33
 
 
-def crop_with_margin(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
-    """Crop ``box`` (xmin, ymin, xmax, ymax) plus a third of its size per side, clipped."""
-    xmin, ymin, xmax, ymax = box
-    p_w = (xmax - xmin) // 3
-    p_h = (ymax - ymin) // 3
-    height, width = frame.shape[:2]
-    top, left = max(ymin - p_h, 0), max(xmin - p_w, 0)
-    bottom, right = min(max(ymax + p_h, 0), height), min(max(xmax + p_w, 0), width)
-    return frame[top:bottom, left:right]
-
-
 @dataclass
 class FrameFaces:
     """Faces found in one frame: full-resolution integer boxes, MTCNN probabilities, crops.
@@ -67,16 +58,6 @@ class FrameFaces:
 
     def __len__(self) -> int:
         return len(self.crops)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!s} requested but CUDA is not available on this machine")
-    return resolved
 
 
 class FaceDetector:

@@ -89,7 +89,8 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from training.prepare import DatasetError, PrepareConfig, prepare
+    from training.layout import DatasetError
+    from training.prepare import PrepareConfig, prepare
 
     try:
         summary = prepare(args.real, args.out, args.manifest, PrepareConfig(frames_per_video=args.frames_per_video, max_mb=args.max_mb), progress=not args.no_progress)
@@ -101,9 +102,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from detector.classifier import CheckpointError
-    from detector.faces import resolve_device
+    from detector.devices import resolve_device
+    from training.layout import DatasetError
     from training.lite import WeightMappingError
-    from training.prepare import DatasetError, dataset_for
+    from training.prepare import dataset_for
     from training.train import TrainConfig, TrainConfigError, train
 
     try:

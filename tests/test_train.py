@@ -20,8 +20,9 @@ from detector.video import read_evenly_spaced_frames
 from stream.cli import main
 from tests.fixtures.media import astronaut_frame, astronaut_video, write_video
 from training.data import FaceCrops, FaceRecord, read_index, split_by_identity
+from training.layout import DatasetError
 from training.lite import LITE0_ENCODER
-from training.prepare import DatasetError, PrepareConfig, dataset_for, prepare
+from training.prepare import PrepareConfig, dataset_for, prepare
 
 FRAMES = 4
 INPUT = 64

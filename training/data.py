@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from detector.faces import crop_with_margin
-from detector.preprocessing import isotropically_resize_image, put_to_center
-from training.prepare import INDEX_NAME, DatasetError
+from detector.preprocessing import crop_with_margin, isotropically_resize_image, put_to_center
+from training.layout import INDEX_NAME, DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -24,16 +24,11 @@ from tqdm import tqdm
 
 from detector.faces import DEFAULT_THRESHOLDS, FaceDetector, FrameFaces
 from detector.video import VideoReadError, collect_videos, read_evenly_spaced_frames
+from training.layout import INDEX_NAME, SUMMARY_NAME, DatasetError, is_dataset
 
 log = logging.getLogger(__name__)
 
-INDEX_NAME = "index.jsonl"
-SUMMARY_NAME = "dataset.json"
 MIB = 1024 * 1024
-
-
-class DatasetError(ValueError):
-    """Inputs, manifest or dataset directory that cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -254,11 +249,6 @@ def prepare(
     (out / SUMMARY_NAME).write_text(json.dumps({**summary.to_json(), "config": asdict(cfg)}, indent=2) + "\n")
     log.info("dataset %s: %d crops of %d videos, %d identities, %.1f MiB", out, summary.crops, summary.videos, summary.identities, summary.megabytes)
     return summary
-
-
-def is_dataset(path: str | Path) -> bool:
-    """A prepared dataset directory is recognised by its index."""
-    return (Path(path) / INDEX_NAME).is_file()
 
 
 def dataset_for(

@@ -28,12 +28,12 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from detector.classifier import DeepFakeClassifier, save_checkpoint
-from detector.faces import resolve_device
+from detector.devices import resolve_device
 from detector.preprocessing import normalize_batch
 from training.augment import PairAugmentConfig, augment_pairs, to_uint8
 from training.data import FaceCrops, read_index, split_by_identity
 from training.lite import LITE0_ENCODER, load_lite0_imagenet
-from training.prepare import SUMMARY_NAME
+from training.layout import SUMMARY_NAME
 from training.sbi import SBIConfig, self_blend
 
 log = logging.getLogger(__name__)
