@@ -9,7 +9,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".ts", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
 
 

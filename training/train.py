@@ -32,8 +32,8 @@ from detector.devices import resolve_device
 from detector.preprocessing import normalize_batch
 from training.augment import PairAugmentConfig, augment_pairs, to_uint8
 from training.data import FaceCrops, read_index, split_by_identity
-from training.lite import LITE0_ENCODER, load_lite0_imagenet
 from training.layout import SUMMARY_NAME
+from training.lite import LITE0_ENCODER, load_lite0_imagenet
 from training.sbi import SBIConfig, self_blend
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def validate(model: nn.Module, val_set: FaceCrops, cfg: TrainConfig, device: tor
         "val_auc": float(roc_auc_score(y, p)),
         "val_log_loss": float(log_loss(y, np.clip(p, PROB_EPS, 1 - PROB_EPS), labels=[0, 1])),
         "val_accuracy": float(np.mean((p > 0.5) == (y == 1))),
-        "val_images": int(len(y)),
+        "val_images": len(y),
     }
 
 
