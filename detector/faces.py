@@ -135,7 +135,7 @@ class FaceDetector:
                     else:
                         batch_boxes, batch_probs = self.mtcnn.detect(batch, landmarks=False)
                 for i, boxes, probs, points in zip(chunk, batch_boxes, batch_probs, batch_points, strict=True):
-                    results[i] = self._faces_in(frames[i], boxes, probs, scale, points if self.landmarks else None)
+                    results[i] = self._faces_in(frames[i], boxes, probs, scale, points)
         return results
 
     def _faces_in(

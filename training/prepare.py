@@ -200,6 +200,8 @@ def prepare(
     Videos the manifest labels FAKE are left out (a labels file can serve as manifest).
     """
     cfg = config or PrepareConfig()
+    if cfg.frames_per_video < 1 or cfg.max_mb <= 0:
+        raise DatasetError(f"--frames-per-video must be at least 1 and --max-mb positive (got {cfg.frames_per_video}, {cfg.max_mb})")
     out = Path(out_dir)
     if (out / INDEX_NAME).exists():
         raise DatasetError(f"{out}: already holds a dataset ({INDEX_NAME}); choose another --out or remove it")
