@@ -200,6 +200,7 @@ def test_train_prepares_raw_videos_once_into_its_cache(tmp_path: Path, videos: P
         (["train", "--real", "{dataset}", "--out", "x.pth", "--batch-size", "3"], "--batch-size must be an even number"),
         (["train", "--real", "{dataset}", "--out", "x.pth", "--val-identities", "nobody"], "'nobody' is neither"),
         (["prepare", "--real", "{dataset}/index.jsonl", "--out", "{dataset}"], "already holds a dataset"),
+        (["prepare", "--real", "{dataset}", "--out", "x", "--frames-per-video", "0"], "--frames-per-video must be at least 1"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(args: list[str], message: str, dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
@@ -32,6 +32,7 @@ from detector.devices import resolve_device
 from detector.preprocessing import normalize_batch
 from training.augment import PairAugmentConfig, augment_pairs, to_uint8
 from training.data import FaceCrops, read_index, split_by_identity
+from training.evaluate import clipped_log_loss
 from training.layout import SUMMARY_NAME
 from training.lite import LITE0_ENCODER, load_lite0_imagenet
 from training.sbi import SBIConfig, self_blend
@@ -39,7 +40,6 @@ from training.sbi import SBIConfig, self_blend
 log = logging.getLogger(__name__)
 
 METHOD = "Self-Blended Images (Shiohara & Yamasaki, CVPR 2022), real faces only"
-PROB_EPS = 1e-15  # the DFDC log-loss clipping
 
 
 class TrainConfigError(ValueError):
@@ -149,7 +149,7 @@ def validate(model: nn.Module, val_set: FaceCrops, cfg: TrainConfig, device: tor
     p, y = np.concatenate(probs), np.concatenate(labels)
     return {
         "val_auc": float(roc_auc_score(y, p)),
-        "val_log_loss": float(log_loss(y, np.clip(p, PROB_EPS, 1 - PROB_EPS), labels=[0, 1])),
+        "val_log_loss": clipped_log_loss(y, p),
         "val_accuracy": float(np.mean((p > 0.5) == (y == 1))),
         "val_images": len(y),
     }
