@@ -95,12 +95,13 @@ def _short(items: Sequence[str], limit: int = 8) -> str:
 def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, object] | None = None, half: bool = False) -> None:
     """Write ``model`` in the published layout: ``{"state_dict": {"module." + key: ...}}``.
 
-    ``metadata`` adds plain keys beside ``state_dict`` (the loader ignores them); ``half``
-    stores floating tensors as fp16, half the size, and they load into an fp32 model.
+    Tensors are stored on the CPU.  ``metadata`` adds plain keys beside ``state_dict`` (the
+    loader ignores them); ``half`` stores floating tensors as fp16, half the size, and they
+    load into an fp32 model.
     """
     if metadata is not None and "state_dict" in metadata:
         raise ValueError("metadata cannot hold a 'state_dict' key")
-    state = {f"module.{k}": v.half() if half and v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {f"module.{k}": (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     torch.save({**(metadata or {}), "state_dict": state}, Path(path))
 
 
