@@ -223,10 +223,12 @@ def train(config: TrainConfig) -> TrainResult:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            losses.append(loss.detach())  # no per-step device sync: read once per epoch
+            if cfg.progress and len(losses) % 25 == 0:
+                bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
+        train_loss = float(torch.stack(losses).mean())  # waits for the device's queued steps
         seconds = time.monotonic() - started
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
                "images_per_s": round(steps * cfg.batch_size / max(seconds, 1e-9), 1), **validate(model, val_set, cfg, device)}
         history.append(row)
         log.info("epoch %d: loss %.4f, val AUC %.4f, val log loss %.4f, %.0f img/s", epoch, row["train_loss"], row["val_auc"], row["val_log_loss"], row["images_per_s"])
