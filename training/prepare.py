@@ -104,12 +104,14 @@ def context_crop(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cont
     right, bottom = min(x2 + pad_w, width), min(y2 + pad_h, height)
     crop = frame[top:bottom, left:right]
     scale = min(1.0, max_side / max(crop.shape[:2]))
+    factors = np.ones(2)
     if scale < 1.0:
         size = (max(round(crop.shape[1] * scale), 1), max(round(crop.shape[0] * scale), 1))
+        factors = np.array([size[0] / crop.shape[1], size[1] / crop.shape[0]])  # exact per axis after rounding
         crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
     origin = np.array([left, top], dtype=np.float64)
-    crop_box = ((np.asarray(box, dtype=np.float64).reshape(2, 2) - origin) * scale).reshape(4)
-    crop_landmarks = (np.asarray(landmarks, dtype=np.float64) - origin) * scale
+    crop_box = ((np.asarray(box, dtype=np.float64).reshape(2, 2) - origin) * factors).reshape(4)
+    crop_landmarks = (np.asarray(landmarks, dtype=np.float64) - origin) * factors
     return crop, crop_box, crop_landmarks, (left, top), scale
 
 
