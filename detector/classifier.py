@@ -98,10 +98,17 @@ def _short(items: Sequence[str], limit: int = 8) -> str:
     return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-def save_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Write ``model`` in the published layout: ``{"state_dict": {"module." + key: ...}}``."""
-    state = {f"module.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state}, Path(path))
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, object] | None = None, half: bool = False) -> None:
+    """Write ``model`` in the published layout: ``{"state_dict": {"module." + key: ...}}``.
+
+    Tensors are stored on the CPU.  ``metadata`` adds plain keys beside ``state_dict`` (the
+    loader ignores them); ``half`` stores floating tensors as fp16, half the size, and they
+    load into an fp32 model.
+    """
+    if metadata is not None and "state_dict" in metadata:
+        raise ValueError("metadata cannot hold a 'state_dict' key")
+    state = {f"module.{k}": (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+    torch.save({**(metadata or {}), "state_dict": state}, Path(path))
 
 
 class Ensemble:

@@ -17,7 +17,9 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
+from detector.devices import resolve_device
 from detector.fast_mtcnn import detect_fast
+from detector.preprocessing import crop_with_margin
 
 DEFAULT_THRESHOLDS = (0.7, 0.8, 0.8)
 RescaleRule = Literal["size", "half"]
@@ -41,37 +43,21 @@ def detection_scale(width: int, height: int, rule: RescaleRule = "size") -> floa
     return 0.33
 
 
-def crop_with_margin(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
-    """Crop ``box`` (xmin, ymin, xmax, ymax) plus a third of its size per side, clipped."""
-    xmin, ymin, xmax, ymax = box
-    p_w = (xmax - xmin) // 3
-    p_h = (ymax - ymin) // 3
-    height, width = frame.shape[:2]
-    top, left = max(ymin - p_h, 0), max(xmin - p_w, 0)
-    bottom, right = min(max(ymax + p_h, 0), height), min(max(xmax + p_w, 0), width)
-    return frame[top:bottom, left:right]
-
-
 @dataclass
 class FrameFaces:
-    """Faces found in one frame: full-resolution integer boxes, MTCNN probabilities, crops."""
+    """Faces found in one frame: full-resolution integer boxes, MTCNN probabilities, crops.
+
+    ``landmarks`` (n, 5, 2) float32 full-resolution (x, y) of the eyes, nose and mouth
+    corners, only from a detector made with ``landmarks=True`` (training data needs them).
+    """
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
     probs: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.float32))
     crops: list[np.ndarray] = field(default_factory=list)
+    landmarks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.crops)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!s} requested but CUDA is not available on this machine")
-    return resolved
 
 
 class FaceDetector:
@@ -86,8 +72,12 @@ class FaceDetector:
         max_batch: int = 64,
         gpu_resize: bool = False,
         fast_mtcnn: bool = False,
+        landmarks: bool = False,
     ) -> None:
+        if landmarks and fast_mtcnn:
+            raise ValueError("landmarks need facenet-pytorch's own detect; fast_mtcnn does not compute them")
         self.device = resolve_device(device)
+        self.landmarks = landmarks
         self.rescale: RescaleRule = rescale
         self.max_batch = max_batch
         self.gpu_resize = gpu_resize and self.device.type == "cuda"
@@ -137,20 +127,25 @@ class FaceDetector:
                 chunk = indices[start : start + self.max_batch]
                 with torch.inference_mode():
                     batch = shrink([frames[i] for i in chunk], size, scale)
+                    batch_points: Sequence[np.ndarray | None] = [None] * len(chunk)
                     if self.fast_mtcnn:
                         batch_boxes, batch_probs = detect_fast(self.mtcnn, batch)
+                    elif self.landmarks:
+                        batch_boxes, batch_probs, batch_points = self.mtcnn.detect(batch, landmarks=True)
                     else:
                         batch_boxes, batch_probs = self.mtcnn.detect(batch, landmarks=False)
-                for i, boxes, probs in zip(chunk, batch_boxes, batch_probs, strict=True):
-                    results[i] = self._faces_in(frames[i], boxes, probs, scale)
+                for i, boxes, probs, points in zip(chunk, batch_boxes, batch_probs, batch_points, strict=True):
+                    results[i] = self._faces_in(frames[i], boxes, probs, scale, points)
         return results
 
-    @staticmethod
-    def _faces_in(frame: np.ndarray, boxes: np.ndarray | None, probs: np.ndarray | None, scale: float) -> FrameFaces:
+    def _faces_in(
+        self, frame: np.ndarray, boxes: np.ndarray | None, probs: np.ndarray | None, scale: float, points: np.ndarray | None
+    ) -> FrameFaces:
+        empty_landmarks = np.zeros((0, 5, 2), dtype=np.float32) if self.landmarks else None
         if boxes is None or probs is None:
-            return FrameFaces()
-        kept_boxes, kept_probs, crops = [], [], []
-        for box, prob in zip(boxes, probs, strict=True):
+            return FrameFaces(landmarks=empty_landmarks)
+        kept_boxes, kept_probs, crops, kept_points = [], [], [], []
+        for j, (box, prob) in enumerate(zip(boxes, probs, strict=True)):
             if box is None:
                 continue
             full = [int(b / scale) for b in box]
@@ -160,10 +155,13 @@ class FaceDetector:
             kept_boxes.append(full)
             kept_probs.append(float(prob))
             crops.append(crop)
+            if points is not None:
+                kept_points.append(np.asarray(points[j], dtype=np.float64) / scale)
         if not crops:
-            return FrameFaces()
+            return FrameFaces(landmarks=empty_landmarks)
         return FrameFaces(
             boxes=np.asarray(kept_boxes, dtype=np.int64),
             probs=np.asarray(kept_probs, dtype=np.float32),
             crops=crops,
+            landmarks=np.asarray(kept_points, dtype=np.float32).reshape(-1, 5, 2) if self.landmarks else None,
         )

@@ -17,6 +17,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def crop_with_margin(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
+    """Crop ``box`` (xmin, ymin, xmax, ymax) plus a third of its size per side, clipped."""
+    xmin, ymin, xmax, ymax = box
+    p_w = (xmax - xmin) // 3
+    p_h = (ymax - ymin) // 3
+    height, width = frame.shape[:2]
+    top, left = max(ymin - p_h, 0), max(xmin - p_w, 0)
+    bottom, right = min(max(ymax + p_h, 0), height), min(max(xmax + p_w, 0), width)
+    return frame[top:bottom, left:right]
+
+
 def isotropically_resize_image(
     img: np.ndarray,
     size: int,

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".ts", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
+
+
+def collect_videos(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given, directories expanded (recursively) to their video files, sorted, de-duplicated."""
+    found: dict[Path, None] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix.lower() in VIDEO_EXTENSIONS:
+                    found[child] = None
+        elif path.exists():
+            found[path] = None
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    return list(found)
 
 
 class VideoReadError(Exception):

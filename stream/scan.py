@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -12,27 +12,9 @@ from tqdm import tqdm
 from detector.build import build_predictor
 from detector.config import DetectorConfig
 from detector.pipeline import VideoPrediction
+from detector.video import collect_videos  # noqa: F401 - moved to detector; the CLI imports it from here
 
 log = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".ts", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
-
-
-def collect_videos(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, directories expanded (recursively) to their video files, sorted, de-duplicated."""
-    found: dict[Path, None] = {}
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in VIDEO_EXTENSIONS:
-                    found[child] = None
-        elif path.exists():
-            found[path] = None
-        else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
-    return list(found)
-
 
 def write_predictions(predictions: Sequence[VideoPrediction], out: Path) -> None:
     """DFDC submission layout: ``filename,label`` with the fake probability as label."""
