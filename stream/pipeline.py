@@ -16,6 +16,7 @@ from detector.engine import EngineClosed, EngineError, FrameResult, InferenceEng
 from stream.alerts import AlertConfig, AlertEvent, AlertTracker
 from stream.logs import stream_log
 from stream.outputs.publisher import Publisher
+from stream.recorder import Recorder
 from stream.scoring import FaceScore, RunningScore, ScoreSnapshot, WindowConfig, most_suspicious
 from stream.sources.base import FrameSource, SampledFrame, StreamState
 
@@ -58,11 +59,13 @@ class StreamPipeline:
         window: WindowConfig,
         alerts: AlertConfig,
         strategy: Strategy = confident_strategy,
+        recorder: Recorder | None = None,
     ) -> None:
         self.name = name
         self.source = source
         self.engine = engine
         self.publisher = publisher
+        self.recorder = recorder  # the dashboard's memory: score history, alert snapshots, timeline
         self.snapshots = alerts.snapshot
         self.running = RunningScore(window.seconds, window.max_scores, strategy)
         self._log = stream_log(log, name)
@@ -154,9 +157,13 @@ class StreamPipeline:
             }
         )
         self.publisher.publish_score(self.name, payload)
+        if self.recorder is not None:
+            self.recorder.score(self.name, now_wall, snapshot.score, len(faces))
         event = self.alerts.update(now_wall, snapshot.score)
         if event is not None:
             self._publish_alert(event)
+            if event.kind == "start" and self.recorder is not None:
+                self._record_frame(event, frame, result)
             if event.kind == "start" and self.snapshots:
                 self._publish_snapshot(result)
 
@@ -165,6 +172,15 @@ class StreamPipeline:
             self.stats.alerts += 1
         self._log.warning("stream %s: alert %s %s score %.3f", self.name, event.kind, event.alert_id, event.score, extra={"event": f"alert_{event.kind}"})
         self.publisher.publish_alert(self.name, event.to_payload())
+        if self.recorder is not None:
+            self.recorder.alert(event)
+
+    def _record_frame(self, event: AlertEvent, frame: SampledFrame, result: FrameResult) -> None:
+        """The frame and the most suspicious face's box at an alert's start, for the dashboard."""
+        index = most_suspicious([FaceScore((0, 0, 0, 0), f.score) for f in result.faces])
+        if index is not None and self.recorder is not None:
+            face = result.faces[index]
+            self.recorder.alert_frame(self.name, event.alert_id, event.time, face.score, frame.image, face.box)
 
     def _publish_snapshot(self, result: FrameResult) -> None:
         index = most_suspicious([FaceScore((0, 0, 0, 0), f.score) for f in result.faces])
