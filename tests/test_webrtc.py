@@ -341,11 +341,11 @@ async def test_browser_page_publishes_its_camera(mqtt_broker: MosquittoBroker, f
     cfg = whip_config(fake_checkpoint, mqtt_broker)
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen, running(cfg) as (service, base, whip):
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/") as response:
+            async with http.get(f"{base}/publish") as response:
                 assert response.status == 200 and "/static/app.js" in await response.text()
             async with http.get(f"{base}/static/app.js") as response:
                 assert response.status == 200 and "application/sdp" in await response.text()
-        async with chromium(f"{base}/?stream=browser&autostart=1", tmp_path / "profile", fake_video) as page:
+        async with chromium(f"{base}/publish?stream=browser&autostart=1", tmp_path / "profile", fake_video) as page:
             await seen.wait_for(lambda _: "streaming" in states(seen, "browser"), 30, "browser streaming")
             assert service.streams["browser"].kind == "webrtc" and len(whip.sessions) == 1
             await seen.wait_for(lambda _: len(face_scores(seen, "browser")) >= 2, 30, "face scores from the browser")
