@@ -74,6 +74,7 @@ class StreamPipeline:
         self.latencies: list[float] = []  # recent latencies (bounded), for metrics and benchmarks
         self.last_snapshot: ScoreSnapshot | None = None
         self.inference_error: str | None = None
+        self._alerts_closed_at = float("-inf")  # monotonic: samples decoded before it belong to a lost feed
         self._results: asyncio.Queue[tuple[SampledFrame, asyncio.Future[FrameResult]] | None] = asyncio.Queue()
 
     async def run(self) -> None:
@@ -159,7 +160,8 @@ class StreamPipeline:
         self.publisher.publish_score(self.name, payload)
         if self.recorder is not None:
             self.recorder.score(self.name, now_wall, snapshot.score, len(faces))
-        event = self.alerts.update(now_wall, snapshot.score)
+        # a sample decoded before the feed was lost (still in flight then) never opens a new episode
+        event = self.alerts.update(now_wall, snapshot.score) if frame.arrival_monotonic > self._alerts_closed_at else None
         if event is not None:
             self._publish_alert(event)
             if event.kind == "start" and self.recorder is not None:
@@ -192,7 +194,8 @@ class StreamPipeline:
             self._log.warning("stream %s: snapshot not sent: %s", self.name, exc)
 
     def close_alert(self, reason: str) -> None:
-        """End an open alert episode (stream ended, service stopping)."""
+        """End an open alert episode (stream ended, feed lost, service stopping)."""
+        self._alerts_closed_at = time.monotonic()
         score = self.stats.last_score if self.stats.last_score is not None else 0.0
         event = self.alerts.end(time.time(), score, reason)
         if event is not None:
