@@ -217,6 +217,8 @@ async def test_dashboard_shows_streams_scores_alerts_and_the_timeline_live(
                 await page.wait_for(card_js("lobby", "c.dataset.alert === 'none' && c.dataset.state === 'offline'"), 10, "lobby offline")
                 await page.wait_for(card_js("lobby", f"getComputedStyle(c).borderTopColor === '{GREY}'"), 5, "lobby's card grey")
                 await page.wait_for(f"{entry}.className === 'closed' && !{entry}.textContent.includes('OPEN')", 10, "closed episode")
+                reason = app.recorder.state()["timeline"][0]["reason"]
+                assert reason and await page.evaluate(f"{entry}.querySelector('.why').textContent") == reason  # why it ended
                 assert await page.evaluate("document.getElementById('count-alerts').textContent") == "0"
 
                 shot = await page.call("Page.captureScreenshot", format="png")

@@ -6,7 +6,6 @@
 const $ = (id) => document.getElementById(id);
 const CHART_W = 300; // chart units across (the SVG's viewBox), whatever the span in seconds
 const RECONNECT_MS = 3000; // after the server refused us (503) or went away for good
-const FEED_LOST = new Set(["failed", "offline", "stopped"]);
 
 const view = {
   cards: new Map(), // stream -> card
@@ -21,6 +20,14 @@ const serverNow = () => Date.now() / 1000 + view.clockOffset;
 
 function hhmmss(t) {
   return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+}
+
+function clockDuration(seconds) {
+  seconds = Math.max(0, Math.round(seconds));
+  const h = Math.floor(seconds / 3600);
+  const mm = String(Math.floor((seconds % 3600) / 60)).padStart(h ? 2 : 1, "0");
+  const ss = String(seconds % 60).padStart(2, "0");
+  return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
 }
 
 function ago(seconds) {
@@ -68,7 +75,7 @@ function applyStatus(s) {
   const state = s.error && s.state === "streaming" ? "error" : s.state;
   c.el.dataset.state = state;
   c.ui.state.textContent = state;
-  c.ui.fps.textContent = s.fps_in === null || s.fps_in === undefined || FEED_LOST.has(s.state) ? "–" : Number(s.fps_in).toFixed(1);
+  c.ui.fps.textContent = s.fps_in === null || s.fps_in === undefined || s.state !== "streaming" ? "–" : Number(s.fps_in).toFixed(1);
   const parts = [];
   if (s.kind && s.kind !== "url") parts.push(s.kind === "webrtc" ? "WHIP" : s.kind);
   if (s.width && s.height) parts.push(`${s.width}×${s.height}`);
@@ -101,14 +108,15 @@ function addPoint(c, point) {
 
 function applyAlert(c) {
   c.el.dataset.alert = c.alert ? "open" : "none";
+  const count = `${c.alerts} alert${c.alerts === 1 ? "" : "s"} in all`;
   if (c.alert) {
-    c.ui.alertState.textContent = `ALERT ${ago(serverNow() - c.alert.started_at)} · peak ${c.alert.peak.toFixed(3)}`;
+    c.ui.alertState.textContent = `ALERT · ${clockDuration(serverNow() - c.alert.started_at)}`;
+    c.ui.lastAlert.textContent = `since ${hhmmss(c.alert.started_at)} · peak ${c.alert.peak.toFixed(3)} · ${count}`;
+  } else if (c.lastAlert) {
+    c.ui.alertState.textContent = "no alert";
+    c.ui.lastAlert.textContent = `last alert ${hhmmss(c.lastAlert)} (${ago(serverNow() - c.lastAlert)} ago) · ${count}`;
   } else {
     c.ui.alertState.textContent = "no alert";
-  }
-  if (c.lastAlert) {
-    c.ui.lastAlert.textContent = `last alert ${hhmmss(c.lastAlert)} (${ago(serverNow() - c.lastAlert)} ago) · ${c.alerts} in all`;
-  } else {
     c.ui.lastAlert.textContent = "never alerted";
   }
 }
@@ -214,8 +222,13 @@ function drawTimeline() {
     when.className = "when";
     const end = e.ended_at === null ? "OPEN" : hhmmss(e.ended_at);
     when.textContent = `${hhmmss(e.started_at)} → ${end} · ${ago((e.ended_at ?? now) - e.started_at)}`;
-    if (e.reason) when.title = e.reason;
     li.append(who, when);
+    if (e.reason) {
+      const why = document.createElement("div");
+      why.className = "why";
+      why.textContent = e.reason;
+      li.append(why);
+    }
     return li;
   });
   $("timeline").replaceChildren(...items);
