@@ -28,8 +28,9 @@ from stream.config import AppConfig
 from stream.outputs.discovery import Discovery, start_discovery
 from stream.outputs.mqtt import MqttPublisher
 from stream.outputs.publisher import NullPublisher, Publisher
+from stream.recorder import Recorder
 from stream.service import StreamService
-from stream.web import health, metrics, whip
+from stream.web import dashboard, health, metrics, whip
 from stream.web.metrics import ServiceMetrics
 from stream.web.server import HttpServer
 
@@ -50,6 +51,7 @@ class App:
         self.service: StreamService | None = None
         self.metrics: ServiceMetrics | None = None
         self.discovery: Discovery | None = None
+        self.recorder = Recorder()  # what the dashboard shows beyond the live state (bounded)
         self.http: HttpServer | None = None
 
     async def start(self) -> StreamService:
@@ -65,6 +67,7 @@ class App:
             strategy=get_strategy(cfg.detector.strategy),
             configured=cfg.streams,
             on_stream_added=self.discovery.announce if self.discovery is not None else None,
+            recorder=self.recorder,
         )
         self.metrics = ServiceMetrics(self.service, self.engine, self.publisher)
         self.engine.on_batch = self.metrics.chain_on_batch(self.engine.on_batch)
@@ -94,6 +97,7 @@ class App:
         metrics.add_routes(app, service_metrics)
         if cfg.whip.enabled:
             whip.add_routes(app, service, cfg.whip)
+        dashboard.add_routes(app, service, self.recorder, cfg.alerts, publish_page=whip.PAGE_PATH if cfg.whip.enabled else None)
         return app
 
     async def stop(self) -> None:

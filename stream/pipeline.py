@@ -16,6 +16,7 @@ from detector.engine import EngineClosed, EngineError, FrameResult, InferenceEng
 from stream.alerts import AlertConfig, AlertEvent, AlertTracker
 from stream.logs import stream_log
 from stream.outputs.publisher import Publisher
+from stream.recorder import Recorder
 from stream.scoring import FaceScore, RunningScore, ScoreSnapshot, WindowConfig, most_suspicious
 from stream.sources.base import FrameSource, SampledFrame, StreamState
 
@@ -58,11 +59,13 @@ class StreamPipeline:
         window: WindowConfig,
         alerts: AlertConfig,
         strategy: Strategy = confident_strategy,
+        recorder: Recorder | None = None,
     ) -> None:
         self.name = name
         self.source = source
         self.engine = engine
         self.publisher = publisher
+        self.recorder = recorder  # the dashboard's memory: score history, alert snapshots, timeline
         self.snapshots = alerts.snapshot
         self.running = RunningScore(window.seconds, window.max_scores, strategy)
         self._log = stream_log(log, name)
@@ -71,6 +74,7 @@ class StreamPipeline:
         self.latencies: list[float] = []  # recent latencies (bounded), for metrics and benchmarks
         self.last_snapshot: ScoreSnapshot | None = None
         self.inference_error: str | None = None
+        self._alerts_closed_at = float("-inf")  # monotonic: samples decoded before it belong to a lost feed
         self._results: asyncio.Queue[tuple[SampledFrame, asyncio.Future[FrameResult]] | None] = asyncio.Queue()
 
     async def run(self) -> None:
@@ -154,9 +158,14 @@ class StreamPipeline:
             }
         )
         self.publisher.publish_score(self.name, payload)
-        event = self.alerts.update(now_wall, snapshot.score)
+        if self.recorder is not None:
+            self.recorder.score(self.name, now_wall, snapshot.score, len(faces))
+        # a sample decoded before the feed was lost (still in flight then) never opens a new episode
+        event = self.alerts.update(now_wall, snapshot.score) if frame.arrival_monotonic > self._alerts_closed_at else None
         if event is not None:
             self._publish_alert(event)
+            if event.kind == "start" and self.recorder is not None:
+                self._record_frame(event, frame, result)
             if event.kind == "start" and self.snapshots:
                 self._publish_snapshot(result)
 
@@ -165,6 +174,15 @@ class StreamPipeline:
             self.stats.alerts += 1
         self._log.warning("stream %s: alert %s %s score %.3f", self.name, event.kind, event.alert_id, event.score, extra={"event": f"alert_{event.kind}"})
         self.publisher.publish_alert(self.name, event.to_payload())
+        if self.recorder is not None:
+            self.recorder.alert(event)
+
+    def _record_frame(self, event: AlertEvent, frame: SampledFrame, result: FrameResult) -> None:
+        """The frame and the most suspicious face's box at an alert's start, for the dashboard."""
+        index = most_suspicious([FaceScore((0, 0, 0, 0), f.score) for f in result.faces])
+        if index is not None and self.recorder is not None:
+            face = result.faces[index]
+            self.recorder.alert_frame(self.name, event.alert_id, event.time, face.score, frame.image, face.box)
 
     def _publish_snapshot(self, result: FrameResult) -> None:
         index = most_suspicious([FaceScore((0, 0, 0, 0), f.score) for f in result.faces])
@@ -176,7 +194,8 @@ class StreamPipeline:
             self._log.warning("stream %s: snapshot not sent: %s", self.name, exc)
 
     def close_alert(self, reason: str) -> None:
-        """End an open alert episode (stream ended, service stopping)."""
+        """End an open alert episode (stream ended, feed lost, service stopping)."""
+        self._alerts_closed_at = time.monotonic()
         score = self.stats.last_score if self.stats.last_score is not None else 0.0
         event = self.alerts.end(time.time(), score, reason)
         if event is not None:

@@ -20,6 +20,7 @@ from stream.alerts import AlertConfig
 from stream.logs import stream_log
 from stream.outputs.publisher import Publisher
 from stream.pipeline import StreamPipeline
+from stream.recorder import Recorder
 from stream.registry import StreamHandle
 from stream.scoring import WindowConfig
 from stream.sources.base import FEED_LOST_STATES, FrameSource, StreamState
@@ -43,6 +44,7 @@ class StreamService:
         strategy: Strategy = confident_strategy,
         configured: Sequence[StreamConfig] = (),
         on_stream_added: Callable[[str], None] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
@@ -52,6 +54,7 @@ class StreamService:
         self.configured = list(configured)
         self._configured_names = {s.name for s in self.configured}
         self._on_stream_added = on_stream_added
+        self.recorder = recorder  # handed to every pipeline (the dashboard's memory)
         self.streams: dict[str, StreamHandle] = {}
         self.started_at = time.time()
         self._stopping = False
@@ -99,7 +102,7 @@ class StreamService:
         existing = self.streams.get(name)
         if existing is not None and existing.running:
             raise ValueError(f"stream {name!r} is already running")
-        pipeline = StreamPipeline(name, source, self.engine, self.publisher, self.window, self.alerts, self.strategy)
+        pipeline = StreamPipeline(name, source, self.engine, self.publisher, self.window, self.alerts, self.strategy, self.recorder)
         handle = StreamHandle(name, kind, source, pipeline, owns_source=owns_source)
         self.streams[name] = handle
         if self._on_stream_added is not None:

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, str]] = [
     ("stream.web", "web"),
     ("stream.pipeline", "pipeline"),
     ("stream.registry", "pipeline"),
+    ("stream.recorder", "pipeline"),
     ("stream.service", "service"),
     ("stream.logs", "base"),
     ("stream.sampler", "base"),

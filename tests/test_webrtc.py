@@ -12,10 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,6 @@ from typing import Any
 import aiohttp
 import cv2
 import pytest
-import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamTrack
@@ -33,6 +29,7 @@ from stream.config import AppConfig, parse_config
 from stream.demo_media import astronaut_frame
 from stream.service import StreamService
 from stream.web.whip import WHIP_KEY, WhipEndpoint
+from tests.fixtures.browser import chromium, chromium_or_skip, until
 from tests.fixtures.media import TEST_ENCODER
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 
@@ -177,15 +174,6 @@ async def read_events(http: aiohttp.ClientSession, url: str, wanted: set[str], t
                 if wanted <= latest.keys():
                     return latest
     raise AssertionError(f"event stream ended early: {latest}")
-
-
-async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
 
 
 # ---- the aiortc publisher ---------------------------------------------------------------------
@@ -337,16 +325,6 @@ async def test_whip_refusals_auth_limits_and_cors(astronaut_clip: Path, real_che
 # ---- the browser page -------------------------------------------------------------------------
 
 
-def chromium_or_skip() -> str:
-    found = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
-    if found is None:
-        message = "chromium not installed: apt-get install chromium (listed in .ci/apt-packages-webrtc.txt)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
 def write_y4m(path: Path, seconds: float = 2.0, fps: int = 25) -> Path:
     """The astronaut as a Y4M clip: Chromium's fake camera plays it instead of its test pattern."""
     frames = [astronaut_frame(360, 640, shift=int(20 * (i % 50 - 25) / 25)) for i in range(int(seconds * fps))]
@@ -357,66 +335,17 @@ def write_y4m(path: Path, seconds: float = 2.0, fps: int = 25) -> Path:
     return path
 
 
-class DevTools:
-    """Just enough of the Chrome DevTools Protocol: evaluate JS and take screenshots of one page."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws, self.next_id = ws, 0
-
-    async def call(self, method: str, **params: Any) -> dict:
-        self.next_id += 1
-        await self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            reply = json.loads(await self.ws.recv())
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    raise AssertionError(f"{method}: {reply['error']}")
-                return reply["result"]
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        return result["result"].get("value")
-
-
-@contextlib.asynccontextmanager
-async def chromium(url: str, profile: Path, fake_video: Path) -> AsyncIterator[DevTools]:
-    """Headless Debian Chromium on ``url`` with a fake camera, driven over its DevTools WebSocket."""
-    args = [
-        chromium_or_skip(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={fake_video}",
-        f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=900,1000", url,
-    ]  # fmt: skip
-    with (profile.parent / "chromium.log").open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(*args, stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            port_file = profile / "DevToolsActivePort"
-            await until(lambda: port_file.is_file() and port_file.read_text().strip() != "", 30, "chromium's DevTools port")
-            port = int(port_file.read_text().split()[0])
-            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/json/list") as response:
-                pages = [t for t in await response.json() if t["type"] == "page"]
-            async with websockets.connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 2**20) as ws:
-                yield DevTools(ws)
-        finally:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
 async def test_browser_page_publishes_its_camera(mqtt_broker: MosquittoBroker, fake_checkpoint: Path, tmp_path: Path) -> None:
     chromium_or_skip()
     fake_video = write_y4m(tmp_path / "astronaut.y4m")
     cfg = whip_config(fake_checkpoint, mqtt_broker)
     async with collect_messages(mqtt_broker.host, mqtt_broker.port, ["deepfake/#"]) as seen, running(cfg) as (service, base, whip):
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/") as response:
+            async with http.get(f"{base}/publish") as response:
                 assert response.status == 200 and "/static/app.js" in await response.text()
             async with http.get(f"{base}/static/app.js") as response:
                 assert response.status == 200 and "application/sdp" in await response.text()
-        async with chromium(f"{base}/?stream=browser&autostart=1", tmp_path / "profile", fake_video) as page:
+        async with chromium(f"{base}/publish?stream=browser&autostart=1", tmp_path / "profile", fake_video) as page:
             await seen.wait_for(lambda _: "streaming" in states(seen, "browser"), 30, "browser streaming")
             assert service.streams["browser"].kind == "webrtc" and len(whip.sessions) == 1
             await seen.wait_for(lambda _: len(face_scores(seen, "browser")) >= 2, 30, "face scores from the browser")

@@ -1,4 +1,4 @@
-"""WebRTC ingest: a WHIP endpoint (RFC 9725) built on aiortc, plus the operator page and its event stream.
+"""WebRTC ingest: a WHIP endpoint (RFC 9725) built on aiortc, plus the camera publishing page and its event stream.
 
 It sees the service only as a ``StreamRegistry``: it attaches a ``WebRtcSource`` per session
 and removes it when the session ends.
@@ -10,7 +10,7 @@ Routes (all under the service's HTTP server):
 ``PATCH  /whip/{stream}/{session}``     ``405``: no trickle ICE, the answer carries every candidate
 ``OPTIONS`` on both                     CORS pre-flight for browsers (``204``)
 ``GET    /events/{stream}``             server-sent events: the stream's status and score, ~1/s
-``GET    /`` and ``/static/...``        the publishing page (camera -> WHIP, live status/score)
+``GET    /publish`` and ``/static/...`` the publishing page (camera -> WHIP, live status/score)
 
 Decisions:
 
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 STREAM_NAME_RE = re.compile(STREAM_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 SDP_TYPE = "application/sdp"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGE_PATH = "/publish"
 RETRY_AFTER_S = 10
 EVENT_INTERVAL_S = 1.0
 MAX_EVENT_CLIENTS = 64
@@ -389,7 +390,7 @@ def sse(event: str, payload: dict[str, object]) -> bytes:
 
 
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(STATIC_DIR / "publish.html", headers={"Cache-Control": "no-cache"})
 
 
 WHIP_KEY: web.AppKey[WhipEndpoint] = web.AppKey("whip", WhipEndpoint)
@@ -406,7 +407,7 @@ def add_routes(app: web.Application, streams: StreamRegistry, cfg: WhipConfig) -
         ("PATCH", "/whip/{stream}/{session}", whip.patch),
         ("OPTIONS", "/whip/{stream}/{session}", whip.options),
         ("GET", "/events/{stream}", whip.events),
-        ("GET", "/", index),
+        ("GET", PAGE_PATH, index),
     ]
     for method, path, handler in handlers:
         app.router.add_route(method, path, handler)

@@ -12,8 +12,8 @@ Cases (3; MQTT TLS verification is covered by tests/test_mqtt.py::test_tls_verif
 3. ``test_passwords_never_appear_in_the_logs_of_a_real_run`` - ``deepfake-stream run --log-level DEBUG``
    in a subprocess with an MQTT password (password-protected mosquitto), an RTSP URL with a password
    (real gst-rtsp-server, streaming), an unreachable RTSP URL with a password (reconnect logs), and an
-   HLS URL with ``?token=``: none of the secrets appear on stderr/stdout, in MQTT messages, in /health
-   or in /metrics, while the stream is scored and published.
+   HLS URL with ``?token=``: none of the secrets appear on stderr/stdout, in MQTT messages, in /health,
+   /metrics or /dashboard.json, while the stream is scored and published.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ async def test_passwords_never_appear_in_the_logs_of_a_real_run(
             await seen.wait_for(lambda _: len(seen.on("deepfake/cam/alert")) >= 1, 60, "the cam stream scored into an alert")
             await seen.wait_for(lambda _: any(m.json()["state"] == "reconnecting" for m in seen.on("deepfake/dead/status")), 30, "dead reconnecting")
             async with aiohttp.ClientSession() as http:
-                for endpoint in ("/health", "/metrics"):
+                for endpoint in ("/health", "/metrics", "/dashboard.json"):
                     async with http.get(f"http://127.0.0.1:{port}{endpoint}") as response:
                         outputs.append(await response.text())
             proc.terminate()  # SIGTERM: a clean stop, with its own log lines
