@@ -10,9 +10,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import requests
-from tqdm import tqdm
-
 DEFAULT_ENCODER = "tf_efficientnet_b7.ns_jft_in1k"  # what the published checkpoints were trained with
 RELEASE_URL = "https://github.com/selimsef/dfdc_deepfake_challenge/releases/download/0.0.1"
 PUBLISHED_CHECKPOINTS = (
@@ -39,6 +36,11 @@ def default_cache_dir() -> Path:
 
 def download_file(url: str, dest: Path, timeout_s: float = 30.0, progress: bool = True) -> Path:
     """Fetch ``url`` to ``dest`` with resume; an existing ``dest`` is kept as is."""
+    # imported here, not at the top: detector.config reads this module's names, and loading a
+    # config (or `deepfake-stream --help`, `eval`) must not pay for an HTTP stack it never uses
+    import requests
+    from tqdm import tqdm
+
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,9 @@
-"""``deepfake-stream eval``: score a predictions CSV against DFDC labels."""
+"""``deepfake-stream eval``: score a predictions CSV against DFDC labels.
+
+Only numpy on this path: ROC AUC is computed here (the Mann-Whitney statistic with tied scores
+sharing their average rank, which is what scikit-learn's ``roc_auc_score`` gives), so ``eval``
+answers in about a second instead of spending seconds importing scikit-learn and SciPy.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 EPS = 1e-15
 
@@ -98,13 +102,34 @@ def log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Area under the ROC curve: the probability that a random positive outscores a random negative (ties count half).
+
+    Equal to scikit-learn's ``roc_auc_score`` for binary labels; needs both classes.
+    """
+    y = np.asarray(y_true).astype(bool)
+    scores = np.asarray(y_score, dtype=np.float64)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError("ROC AUC needs both classes")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # runs of equal scores share the average of the 1-based ranks they span
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    u = ranks[y].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
 def evaluate(predictions: dict[str, float], labels: dict[str, int]) -> EvalResult:
     common = sorted(set(predictions) & set(labels))
     if not common:
         raise EvalInputError("no prediction matches a labelled file name")
     y = np.array([labels[name] for name in common])
     p = np.array([predictions[name] for name in common])
-    auc = float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
+    auc = roc_auc(y, p) if len(set(y.tolist())) == 2 else None
     return EvalResult(
         log_loss=log_loss(y, p),
         roc_auc=auc,

@@ -124,3 +124,21 @@ def test_wrong_checkpoint_is_one_line(astronaut_clip: Path, tmp_path: Path, caps
     assert main(["scan", str(astronaut_clip), "--out", str(tmp_path / "p.csv"), "--weights", str(bogus), *B0]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bogus.pth" in err and "not a loadable PyTorch weights file" in err
+
+
+def test_roc_auc_matches_scikit_learn_including_ties() -> None:
+    """eval computes ROC AUC itself (no scikit-learn import on its path); it must be scikit-learn's number."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from stream.evaluate import roc_auc
+
+    rng = np.random.default_rng(12)
+    for n in (2, 3, 7, 64, 500):
+        for decimals in (1, 2, 6):  # few decimals: many tied scores
+            y = rng.integers(0, 2, n)
+            y[:2] = (0, 1)
+            p = np.round(rng.random(n), decimals)
+            assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    with pytest.raises(ValueError, match="both classes"):
+        roc_auc(np.array([1, 1]), np.array([0.2, 0.3]))
