@@ -53,17 +53,28 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     failed = sum(1 for p in predictions if p.error)
-    print(f"wrote {len(predictions)} predictions to {args.out} ({failed} scored 0.5 for lack of a face or a frame)")
+    print(f"wrote {len(predictions)} predictions to {args.out} ({failed} scored 0.5 for lack of a face or a frame); model record {args.out}.json")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from stream.evaluate import EvalInputError, evaluate, read_labels, read_predictions
+    from stream.evaluate import EvalInputError, evaluate, read_labels, read_model_record, read_predictions
 
     try:
         result = evaluate(read_predictions(args.predictions), read_labels(args.labels))
     except EvalInputError as exc:
         raise UsageError(str(exc)) from None
+    record, why_not = read_model_record(args.predictions)
+    if record is not None:
+        result.model = record.to_dict()
+        if record.random_weights:
+            print(
+                f"WARNING: {args.predictions} was scored by a RANDOMLY INITIALISED classifier ({record.model}): "
+                "these metrics say nothing about deepfake detection",
+                file=sys.stderr,
+            )
+    elif why_not is not None:
+        print(f"note: {why_not}", file=sys.stderr)
     if args.json:
         print(result.to_json())
         return 0
@@ -72,6 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"roc_auc   {auc}")
     print(f"accuracy  {result.accuracy:.4f}  (threshold 0.5)")
     print(f"videos    {result.scored} scored, {result.missing} labelled without prediction, {result.unlabelled} predictions without label")
+    if record is not None:
+        print(f"model     {record.model}{'  (RANDOM WEIGHTS: metrics meaningless)' if record.random_weights else ''}")
     return 0
 
 

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from detector.build import build_predictor
 from detector.config import DetectorConfig
-from detector.pipeline import VideoPrediction
+from detector.pipeline import VideoPrediction, VideoPredictor
+from stream.evaluate import ModelRecord, write_model_record
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,31 @@ def write_predictions(predictions: Sequence[VideoPrediction], out: Path) -> None
     tmp.replace(out)
 
 
-def scan(videos: Sequence[Path], cfg: DetectorConfig, out: Path, progress: bool = True) -> list[VideoPrediction]:
-    """Score every video; undecodable or face-less ones get 0.5 and a warning naming file and reason."""
-    predictor = build_predictor(cfg)
+def checkpoint_record(cfg: DetectorConfig) -> ModelRecord:
+    """The model record of the configured checkpoints (what ``build_predictor(cfg)`` loads)."""
+    names = [p.name for p in cfg.weight_paths()]
+    return ModelRecord(model=f"{len(names)} checkpoint(s) of {cfg.encoder}", random_weights=False, checkpoints=names, encoder=cfg.encoder)
+
+
+def scan(
+    videos: Sequence[Path],
+    cfg: DetectorConfig,
+    out: Path,
+    progress: bool = True,
+    *,
+    predictor: VideoPredictor | None = None,
+    model: ModelRecord | None = None,
+) -> list[VideoPrediction]:
+    """Score every video; undecodable or face-less ones get 0.5 and a warning naming file and reason.
+
+    Writes ``out`` and, beside it, ``<out>.json``: the record of the model that scored
+    (``model``; by default the configured checkpoints).  A caller that brings its own
+    ``predictor`` (random weights, an embedded model) must say what it is with ``model``.
+    """
+    if predictor is not None and model is None:
+        raise ValueError("a predictor given to scan() needs its ModelRecord (model=...)")
+    model = model or checkpoint_record(cfg)
+    predictor = predictor or build_predictor(cfg)
     names = [v.name for v in videos]
     if len(set(names)) != len(names):
         log.warning("several inputs share a file name; the CSV's filename column will repeat")
@@ -59,4 +82,7 @@ def scan(videos: Sequence[Path], cfg: DetectorConfig, out: Path, progress: bool 
             log.warning("%s scored %.1f: %s", video, pred.score, pred.error)
         predictions.append(pred)
     write_predictions(predictions, out)
+    write_model_record(out, model)
+    if model.random_weights:
+        log.warning("%s: scored by a RANDOMLY INITIALISED classifier (%s); recorded in %s", out, model.model, out.name + ".json")
     return predictions
