@@ -32,6 +32,7 @@ class PipelineStats:
     alerts: int = 0
     last_score: float | None = None
     last_latency_s: float | None = None
+    last_frame_monotonic: float | None = None  # when the source last handed a sampled frame over (health: silence)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
@@ -100,6 +101,7 @@ class StreamPipeline:
 
     async def _produce(self) -> None:
         while (frame := await self.source.next_frame()) is not None:
+            self.stats.last_frame_monotonic = time.monotonic()
             try:
                 future = asyncio.wrap_future(self.engine.submit(self.name, frame.image))
             except EngineClosed:
