@@ -13,7 +13,7 @@ import numpy as np
 
 from detector.aggregation import Strategy, confident_strategy
 from detector.engine import EngineClosed, EngineError, FrameResult, InferenceEngine, SampleDropped
-from stream.alerts import AlertConfig, AlertEvent, AlertTracker
+from stream.alerts import AlertConfig, AlertEvent, AlertTracker, alert_state_off
 from stream.logs import stream_log
 from stream.outputs.publisher import Publisher
 from stream.scoring import FaceScore, RunningScore, ScoreSnapshot, WindowConfig, most_suspicious
@@ -75,6 +75,7 @@ class StreamPipeline:
         self._results: asyncio.Queue[tuple[SampledFrame, asyncio.Future[FrameResult]] | None] = asyncio.Queue()
 
     async def run(self) -> None:
+        self.publisher.publish_alert_state(self.name, alert_state_off(time.time()))  # a fresh stream has no episode open
         consumer = asyncio.create_task(self._consume(), name=f"results-{self.name}")
         try:
             await self._produce()
@@ -167,6 +168,7 @@ class StreamPipeline:
             self.stats.alerts += 1
         self._log.warning("stream %s: alert %s %s score %.3f", self.name, event.kind, event.alert_id, event.score, extra={"event": f"alert_{event.kind}"})
         self.publisher.publish_alert(self.name, event.to_payload())
+        self.publisher.publish_alert_state(self.name, event.state_payload())
 
     def _publish_snapshot(self, result: FrameResult) -> None:
         index = most_suspicious([FaceScore((0, 0, 0, 0), f.score) for f in result.faces])

@@ -8,6 +8,7 @@ embedded broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -28,6 +29,7 @@ from stream.config import AppConfig, ConfigError, load_config, parse_config
 from stream.demo import BROKER_PREFIX, SUMMARY_PREFIX, choose_broker, demo_config
 from stream.logs import JsonFormatter
 from stream.service import StreamService
+from stream.sources.base import StreamState
 from tests.fixtures.media import TEST_ENCODER
 from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, free_port
 from tests.test_service import service_config
@@ -265,7 +267,6 @@ def test_health_stream_rules_silence_whip_and_stopped_streams() -> None:
     from types import SimpleNamespace
 
     from stream.outputs.publisher import NullPublisher
-    from stream.sources.base import StreamState
     from stream.web.health import health_report
 
     now = 1000.0
@@ -340,7 +341,7 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
             assert score["state_topic"] == "deepfake/cam/score" and score["value_template"] == "{{ value_json.score }}"
             assert "unit_of_measurement" not in score and "device_class" not in score
             alert = payloads[f"ha/disc/binary_sensor/{node}/cam_alert/config"]
-            assert alert["state_topic"] == "deepfake/cam/alert" and alert["device_class"] == "problem"
+            assert alert["state_topic"] == alert["json_attributes_topic"] == "deepfake/cam/alert/state" and alert["device_class"] == "problem"
             assert (alert["payload_on"], alert["payload_off"]) == ("ON", "OFF")
             for p in (score, alert):
                 assert p["availability_topic"] == "deepfake/available"
@@ -353,10 +354,12 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
             real_score = seen.on("deepfake/cam/score")[-1]
             assert float(render_template(score["value_template"], real_score.payload)) == pytest.approx(real_score.json()["score"])
             start = seen.on("deepfake/cam/alert")[0]
-            assert start.json()["event"] == "start" and render_template(alert["value_template"], start.payload) == "ON"
-            end = json.dumps({**start.json(), "event": "end"}).encode()
-            assert render_template(alert["value_template"], end) == "OFF"
-            assert render_template(alert["value_template"], json.dumps({**start.json(), "event": "update"}).encode()) == "ON"
+            assert start.json()["event"] == "start"
+            await seen.wait_for(lambda _: any(m.json()["state"] == "on" for m in seen.on("deepfake/cam/alert/state")), 10, "the retained alert state on")
+            states = seen.on("deepfake/cam/alert/state")
+            assert states[0].json()["state"] == "off" and render_template(alert["value_template"], states[0].payload) == "OFF"  # at stream start
+            on = next(m for m in states if m.json()["state"] == "on")
+            assert on.json()["id"] == start.json()["id"] and render_template(alert["value_template"], on.payload) == "ON"
 
             # the broker restarts without persistence: the publisher re-sends the configs on reconnect
             scores = len(seen.on("deepfake/cam/score"))
@@ -367,6 +370,55 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
             assert set(again) == expected and again == configs
         finally:
             await app.stop()
+
+
+async def retained_json(broker: MosquittoBroker, topic: str, timeout_s: float = 20) -> tuple[dict[str, Any], int]:
+    """(payload, qos) of the retained message a subscriber arriving now gets on ``topic``; polls while the broker has none."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with collect_messages(broker.host, broker.port, [topic]) as late:
+            with contextlib.suppress(AssertionError):
+                await late.wait_for(lambda msgs: any(m.retain for m in msgs), 0.5, f"a retained message on {topic}")
+            found = [m for m in late.messages if m.retain]
+        if found:
+            return found[-1].json(), found[-1].qos
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no retained message on {topic} within {timeout_s} s")
+
+
+async def test_retained_alert_state_for_late_subscribers_and_after_a_broker_restart(
+    make_mqtt_broker: Callable[..., MosquittoBroker], astronaut_clip: Path, fake_checkpoint: Path
+) -> None:
+    """A subscriber that joins mid-episode learns it is open (and which); a broker that lost everything gets it back."""
+    broker = make_mqtt_broker(persistence=False)
+    cfg = ops_config(broker, fake_checkpoint, [file_stream("cam", astronaut_clip)])
+    topic = "deepfake/cam/alert/state"
+    async with collect_messages(broker.host, broker.port, ["deepfake/#"]) as seen:
+        app = App(cfg)
+        service = await app.start()
+        try:
+            await seen.wait_for(lambda _: bool(seen.on("deepfake/cam/alert")), 60, "an alert start")
+            start = seen.on("deepfake/cam/alert")[0].json()
+            assert start["event"] == "start"
+            state, qos = await retained_json(broker, topic)
+            assert qos == 1 and state["state"] == "on" and state["id"] == start["id"] and state["since"] == start["started_at"]
+            assert state["score"] >= 0.8 and state["peak"] >= state["score"]
+
+            broker.restart()  # no persistence: the retained state is gone until the service reconnects and replays it
+            state, _ = await retained_json(broker, topic)
+            assert state["state"] == "on" and state["id"] == start["id"]
+            assert [a.json()["event"] for a in seen.on("deepfake/cam/alert")].count("start") == 1  # no second start for one episode
+
+            await service.remove_stream("cam", StreamState.STOPPED, "removed by the test")  # the feed ends: so does the episode
+            await seen.wait_for(lambda _: any(m.json()["event"] == "end" for m in seen.on("deepfake/cam/alert")), 20, "the alert end")
+            state, qos = await retained_json(broker, topic)
+            end = next(m.json() for m in seen.on("deepfake/cam/alert") if m.json()["event"] == "end")
+            assert qos == 1 and state["state"] == "off" and state["id"] is None and state["since"] == end["time"]
+        finally:
+            await app.stop()
+    # every state message was retained QoS 1, and it went off -> on -> off for this one episode
+    states = [m.json()["state"] for m in seen.on(topic)]
+    assert states[0] == "off" and "on" in states and states[-1] == "off"
 
 
 async def retained_configs(broker: MosquittoBroker, topic: str, count: int, timeout_s: float = 10) -> dict[str, tuple[bool, bytes]]:
