@@ -101,6 +101,32 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream.outputs.mqtt import build_tls_context
+    from stream.watch import BrokerUnreachable, WatchTarget, watch
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UsageError("--port must be between 1 and 65535")
+    if args.prefix is not None and (not args.prefix.strip("/") or any(ch in args.prefix for ch in "+#")):
+        raise UsageError("--prefix must be a topic prefix without wildcards, e.g. deepfake")
+    mqtt = load_app_config(args.config).mqtt
+    target = WatchTarget(
+        host=args.host or mqtt.host,
+        port=args.port or mqtt.port,
+        prefix=args.prefix or mqtt.topic_prefix,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
+        tls_context=build_tls_context(mqtt.tls) if mqtt.tls is not None else None,
+    )
+    try:
+        asyncio.run(watch(target, as_json=args.json))
+    except BrokerUnreachable as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 def configure_logging(args: argparse.Namespace, cfg: AppConfig) -> None:
     """``--log-level``/``--log-json`` win; without them the config's ``logging:`` section applies."""
     setup_logging(args.log_level or cfg.logging.level, json_format=args.log_json or cfg.logging.json_format)
@@ -173,6 +199,14 @@ def build_parser() -> OneLineParser:
     )
     demo.add_argument("--clip-out", type=Path, default=None, help="only write the demo clip to this file and exit")
     demo.set_defaults(func=cmd_demo)
+
+    watch = sub.add_parser("watch", help="print what the service publishes over MQTT, one line per message (Ctrl-C to stop)")
+    watch.add_argument("--host", default=None, help="broker host (default: the config's mqtt.host)")
+    watch.add_argument("--port", type=int, default=None, help="broker port (default: the config's mqtt.port)")
+    watch.add_argument("--prefix", default=None, help="topic prefix to watch, <prefix>/# (default: the config's mqtt.topic_prefix, deepfake)")
+    watch.add_argument("--config", type=Path, default=None, help="config file for the broker, user, password and TLS (default: ./config.yaml if present)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per message")
+    watch.set_defaults(func=cmd_watch)
     return parser
 
 

@@ -402,7 +402,7 @@ class MqttPublisher:
 
     def _log_connection_end(self, exc: BaseException, delay: float) -> None:
         user = f" (user {self._cfg.username!r})" if self._cfg.username is not None else ""
-        reason = _describe_error(exc)
+        reason = describe_error(exc)
         if self._connected:
             log.warning(
                 "MQTT connection to %s lost: %s; %d alert(s) pending; reconnecting in %.3g s",
@@ -593,7 +593,7 @@ async def _exit_quietly(client: aiomqtt.Client, exc: BaseException | None = None
         await client.__aexit__(type(exc) if exc is not None else None, exc, None)
 
 
-def _describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """A one-line reason: aiomqtt hides the real cause (``__cause__``) and its own message behind a code."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     reason = str(cause) or type(cause).__name__
