@@ -13,9 +13,6 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import requests
-from tqdm import tqdm
-
 DEFAULT_ENCODER = "tf_efficientnet_b7.ns_jft_in1k"  # what the published checkpoints were trained with
 RELEASE_URL = "https://github.com/selimsef/dfdc_deepfake_challenge/releases/download/0.0.1"
 PUBLISHED_CHECKPOINTS = (
@@ -87,6 +84,11 @@ def _missing_dirs(path: Path) -> list[Path]:
 
 
 def _download(url: str, dest: Path, timeout_s: float, progress: bool, verify: Callable[[Path], None] | None) -> Path:
+    # imported here, not at the top: detector.config reads this module's names, and loading a
+    # config (or `deepfake-stream --help`, `eval`) must not pay for an HTTP stack it never uses
+    import requests
+    from tqdm import tqdm
+
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}

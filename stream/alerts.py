@@ -51,6 +51,17 @@ class AlertEvent:
             **({"reason": self.reason} if self.reason else {}),
         }
 
+    def state_payload(self) -> dict[str, object]:
+        """The retained ``<prefix>/<stream>/alert/state`` after this event: ``on`` with the episode, or ``off``."""
+        if self.kind == "end":
+            return alert_state_off(self.time, self.score)
+        return {"state": "on", "id": self.alert_id, "since": self.started_at, "score": round(self.score, 6), "peak": round(self.peak, 6), "time": self.time}
+
+
+def alert_state_off(now: float, score: float | None = None) -> dict[str, object]:
+    """The retained alert state while no episode is open (at stream start and after an ``end``)."""
+    return {"state": "off", "id": None, "since": now, "score": None if score is None else round(score, 6), "peak": None, "time": now}
+
 
 @dataclass
 class AlertTracker:

@@ -93,7 +93,7 @@ class App:
     def _web_app(self, service: StreamService, publisher: Publisher, service_metrics: ServiceMetrics) -> web.Application:
         cfg = self.cfg
         app = web.Application(client_max_size=max(cfg.whip.max_sdp_bytes, 1024) + 1024)
-        health.add_routes(app, service, publisher, broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}")
+        health.add_routes(app, service, publisher, broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}", stream_grace_s=cfg.health.stream_grace_s)
         metrics.add_routes(app, service_metrics)
         if cfg.whip.enabled:
             whip.add_routes(app, service, cfg.whip)

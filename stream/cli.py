@@ -59,7 +59,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     failed = sum(1 for p in predictions if p.error)
-    print(f"wrote {len(predictions)} predictions to {args.out} ({failed} scored 0.5 for lack of a face or a frame)")
+    print(f"wrote {len(predictions)} predictions to {args.out} ({failed} scored 0.5 for lack of a face or a frame); model record {args.out}.json")
     return 0
 
 
@@ -76,12 +76,23 @@ def cmd_scan_ray(args: argparse.Namespace, cfg: DetectorConfig, videos: list[Pat
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from stream.evaluate import EvalInputError, evaluate, read_labels, read_predictions
+    from stream.evaluate import EvalInputError, evaluate, read_labels, read_model_record, read_predictions
 
     try:
         result = evaluate(read_predictions(args.predictions), read_labels(args.labels))
     except EvalInputError as exc:
         raise UsageError(str(exc)) from None
+    record, why_not = read_model_record(args.predictions)
+    if record is not None:
+        result.model = record.to_dict()
+        if record.random_weights:
+            print(
+                f"WARNING: {args.predictions} was scored by a RANDOMLY INITIALISED classifier ({record.model}): "
+                "these metrics say nothing about deepfake detection",
+                file=sys.stderr,
+            )
+    elif why_not is not None:
+        print(f"note: {why_not}", file=sys.stderr)
     if args.json:
         print(result.to_json())
         return 0
@@ -90,6 +101,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"roc_auc   {auc}")
     print(f"accuracy  {result.accuracy:.4f}  (threshold 0.5)")
     print(f"videos    {result.scored} scored, {result.missing} labelled without prediction, {result.unlabelled} predictions without label")
+    if record is not None:
+        print(f"model     {record.model}{'  (RANDOM WEIGHTS: metrics meaningless)' if record.random_weights else ''}")
     return 0
 
 
@@ -142,6 +155,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     best = result.best
     print(f"best epoch {result.best_epoch}: val AUC {best['val_auc']:.4f}, log loss {best['val_log_loss']:.4f}; checkpoint {result.checkpoint}, log {result.log}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream.outputs.mqtt import build_tls_context
+    from stream.watch import BrokerUnreachable, WatchTarget, watch
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UsageError("--port must be between 1 and 65535")
+    if args.prefix is not None and (not args.prefix.strip("/") or any(ch in args.prefix for ch in "+#")):
+        raise UsageError("--prefix must be a topic prefix without wildcards, e.g. deepfake")
+    mqtt = load_app_config(args.config).mqtt
+    target = WatchTarget(
+        host=args.host or mqtt.host,
+        port=args.port or mqtt.port,
+        prefix=args.prefix or mqtt.topic_prefix,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
+        tls_context=build_tls_context(mqtt.tls) if mqtt.tls is not None else None,
+    )
+    try:
+        asyncio.run(watch(target, as_json=args.json))
+    except BrokerUnreachable as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 
@@ -248,6 +287,14 @@ def build_parser() -> OneLineParser:
     demo.add_argument("--clip-out", type=Path, default=None, help="only write the demo clip to this file and exit")
     demo.add_argument("--no-download", action="store_true", help="never fetch a checkpoint: use what is on disk, else the embedded model")
     demo.set_defaults(func=cmd_demo)
+
+    watch = sub.add_parser("watch", help="print what the service publishes over MQTT, one line per message (Ctrl-C to stop)")
+    watch.add_argument("--host", default=None, help="broker host (default: the config's mqtt.host)")
+    watch.add_argument("--port", type=int, default=None, help="broker port (default: the config's mqtt.port)")
+    watch.add_argument("--prefix", default=None, help="topic prefix to watch, <prefix>/# (default: the config's mqtt.topic_prefix, deepfake)")
+    watch.add_argument("--config", type=Path, default=None, help="config file for the broker, user, password and TLS (default: ./config.yaml if present)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per message")
+    watch.set_defaults(func=cmd_watch)
     return parser
 
 

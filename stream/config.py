@@ -4,7 +4,7 @@ Every section forbids unknown keys, so a typo is an error rather than a silently
 setting, and errors name the field's path (``streams.1.sample_fps``).  Where each
 section lives: ``detector/config.py`` (detector, engine), ``stream/sources/config.py``
 (streams), ``stream/scoring.py`` (window), ``stream/alerts.py`` (alerts),
-``stream/outputs/config.py`` (mqtt, discovery), ``stream/web/config.py`` (http, whip)
+``stream/outputs/config.py`` (mqtt, discovery), ``stream/web/config.py`` (http, health, whip)
 and here (logging).  Loading a config imports none of the heavy modules (torch, PyAV,
 aiortc), so a bad file is reported at once.
 """
@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from detector.config import DetectorConfig, EngineConfig, StrictModel
 from stream.alerts import AlertConfig
 from stream.outputs.config import DiscoveryConfig, MqttConfig, TlsConfig
 from stream.scoring import WindowConfig
 from stream.sources.config import StreamConfig
-from stream.web.config import HttpConfig, WhipConfig
+from stream.web.config import HealthConfig, HttpConfig, WhipConfig
 
 __all__ = [
-    "AlertConfig", "AppConfig", "ConfigError", "DetectorConfig", "DiscoveryConfig", "EngineConfig", "HttpConfig",
+    "AlertConfig", "AppConfig", "ConfigError", "DetectorConfig", "DiscoveryConfig", "EngineConfig", "HealthConfig", "HttpConfig",
     "LoggingConfig", "MqttConfig", "StreamConfig", "TlsConfig", "WhipConfig", "WindowConfig", "load_config", "parse_config",
 ]  # fmt: skip
 
@@ -51,6 +51,7 @@ class AppConfig(StrictModel):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="cross-stream batching")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="where results are published")
     http: HttpConfig = Field(default_factory=HttpConfig, description="/health, /metrics, WHIP and the pages")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="when /health counts a configured stream as a problem")
     whip: WhipConfig = Field(default_factory=WhipConfig, description="WebRTC ingest")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log format and level")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
@@ -64,6 +65,18 @@ class AppConfig(StrictModel):
                 raise ValueError(f"duplicate stream name {stream.name!r}")
             seen.add(stream.name)
         return streams
+
+    @model_validator(mode="after")
+    def _grace_covers_sampling(self) -> AppConfig:
+        """A stream sampled less often than once per grace period would look silent to /health between samples."""
+        grace = self.health.stream_grace_s
+        for index, stream in enumerate(self.streams):
+            if stream.enabled and 1.0 / stream.sample_fps >= grace:
+                raise ValueError(
+                    f"streams.{index}.sample_fps: one sample every {1.0 / stream.sample_fps:g} s is not shorter than "
+                    f"health.stream_grace_s ({grace:g} s), so /health would call {stream.name!r} silent; raise one of them"
+                )
+        return self
 
 
 def format_validation_error(source: str, error: ValidationError) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from detector.aggregation import Strategy, confident_strategy
 from detector.engine import EngineClosed, EngineError, FrameResult, InferenceEngine, SampleDropped
-from stream.alerts import AlertConfig, AlertEvent, AlertTracker
+from stream.alerts import AlertConfig, AlertEvent, AlertTracker, alert_state_off
 from stream.logs import stream_log
 from stream.outputs.publisher import Publisher
 from stream.recorder import Recorder
@@ -33,6 +33,7 @@ class PipelineStats:
     alerts: int = 0
     last_score: float | None = None
     last_latency_s: float | None = None
+    last_frame_monotonic: float | None = None  # when the source last handed a sampled frame over (health: silence)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
@@ -78,6 +79,7 @@ class StreamPipeline:
         self._results: asyncio.Queue[tuple[SampledFrame, asyncio.Future[FrameResult]] | None] = asyncio.Queue()
 
     async def run(self) -> None:
+        self.publisher.publish_alert_state(self.name, alert_state_off(time.time()))  # a fresh stream has no episode open
         consumer = asyncio.create_task(self._consume(), name=f"results-{self.name}")
         try:
             await self._produce()
@@ -104,6 +106,7 @@ class StreamPipeline:
 
     async def _produce(self) -> None:
         while (frame := await self.source.next_frame()) is not None:
+            self.stats.last_frame_monotonic = time.monotonic()
             try:
                 future = asyncio.wrap_future(self.engine.submit(self.name, frame.image))
             except EngineClosed:
@@ -174,6 +177,7 @@ class StreamPipeline:
             self.stats.alerts += 1
         self._log.warning("stream %s: alert %s %s score %.3f", self.name, event.kind, event.alert_id, event.score, extra={"event": f"alert_{event.kind}"})
         self.publisher.publish_alert(self.name, event.to_payload())
+        self.publisher.publish_alert_state(self.name, event.state_payload())
         if self.recorder is not None:
             self.recorder.alert(event)
 

@@ -12,7 +12,7 @@ from detector.faces import FaceDetector
 from detector.preprocessing import normalize_batch
 from stream.demo_media import astronaut_frame
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (exercised on the device machine)")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ENCODER = "tf_efficientnet_b0.ns_jft_in1k"
 
 

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from stream.config import MqttConfig, TlsConfig
 from stream.outputs.mqtt import MqttPublisher
+from stream.outputs.publisher import NullPublisher
 from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, make_tls_files
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,6 +103,7 @@ async def test_online_retained_while_up_and_offline_retained_after_close(mqtt_br
 CHILD = """
 import asyncio, json, sys, types
 from stream.outputs.mqtt import MqttPublisher
+from stream.outputs.publisher import NullPublisher
 # The real MqttConfig's values, as a namespace: importing stream.config costs ~10 s (torch via detector).
 cfg = types.SimpleNamespace(**json.loads(sys.argv[1]))
 asyncio.run(MqttPublisher(cfg, initial_backoff_s=0.05).run())
@@ -169,6 +171,34 @@ async def test_status_is_retained_latest_wins_and_is_replayed_after_a_broker_res
         assert json.loads(await retained(mqtt_broker, "deepfake/cam1/status")) == {"state": "live", "fps": 2.0}
         assert json.loads(await retained(mqtt_broker, "deepfake/cam2/status")) == {"state": "live"}
         assert await retained(mqtt_broker, AVAILABLE) == b"online"
+
+
+async def test_alert_state_is_retained_qos1_latest_wins_and_replayed_after_a_restart_without_persistence(
+    make_mqtt_broker: Callable[..., MosquittoBroker],
+) -> None:
+    broker = make_mqtt_broker(persistence=False)
+    topic = "deepfake/cam1/alert/state"
+    publisher = MqttPublisher(make_cfg(broker), initial_backoff_s=0.05)
+    publisher.publish_alert_state("cam1", {"state": "off", "id": None, "since": 1.0})  # before run(): sent on connect
+    async with running(publisher):
+        await wait_until(lambda: publisher.connected, what="connect")
+        publisher.publish_alert_state("cam1", {"state": "on", "id": "e1", "since": 2.0})
+        publisher.publish_alert("cam1", {"event": "start", "id": "e1"})
+        await wait_until(lambda: publisher.alerts_delivered == 1, what="the start alert")
+        async with collect_messages(broker.host, broker.port, [topic]) as late:
+            await late.wait_for(lambda msgs: bool(msgs), 3, "the retained state")
+            assert [(m.retain, m.qos, m.json()) for m in late.messages] == [(True, 1, {"state": "on", "id": "e1", "since": 2.0})]
+
+        async with collect_messages(broker.host, broker.port, ["deepfake/#"]) as seen:
+            broker.restart()  # without persistence: every retained message is gone ...
+            await wait_until(lambda: publisher.reconnects == 1 and publisher.connected, what="reconnect")
+            # ... and the open episode is announced again through its retained state, not a second start
+            assert json.loads(await retained(broker, topic)) == {"state": "on", "id": "e1", "since": 2.0}
+            await asyncio.sleep(0.3)
+            assert seen.on("deepfake/cam1/alert") == []
+    with pytest.raises(ValueError, match="stream name"):
+        publisher.publish_alert_state("cam/1", {"state": "off"})
+    NullPublisher().publish_alert_state("cam1", {"state": "off"})  # MQTT disabled: accepted, goes nowhere
 
 
 # ------------------------------------------------------------------------ score

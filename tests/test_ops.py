@@ -8,6 +8,7 @@ embedded broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,10 +27,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream import cli
 from stream.app import App
-from stream.config import AppConfig, load_config, parse_config
+from stream.config import AppConfig, ConfigError, load_config, parse_config
 from stream.demo import BROKER_PREFIX, SUMMARY_PREFIX, choose_broker, demo_config
 from stream.logs import JsonFormatter
 from stream.service import StreamService
+from stream.sources.base import StreamState
 from tests.fixtures.media import TEST_ENCODER
 from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, free_port
 from tests.test_service import service_config
@@ -188,9 +190,10 @@ async def test_health_503_without_a_streaming_stream_and_mqtt_disabled(tmp_path:
 
             await until(failed, 20, "the missing file to fail")
             status, body = await get_health(http, app.http.port)
-            assert status == 503 and body["problems"] == ["no stream is streaming"]
+            detail = body["streams"]["gone"]["detail"]
+            assert status == 503 and body["problems"] == ["no stream is streaming", f"stream gone failed: {detail}"]
             assert body["mqtt"] == {"enabled": False, "connected": False, "broker": "127.0.0.1:1883"}
-            assert "missing.mp4" in body["streams"]["gone"]["detail"]
+            assert "missing.mp4" in detail
             samples = await get_metrics(http, app.http.port)
             assert metric(samples, "deepfake_mqtt_enabled") == 0
             assert not any(name == "deepfake_mqtt_connected" for name, _ in samples)
@@ -198,6 +201,115 @@ async def test_health_503_without_a_streaming_stream_and_mqtt_disabled(tmp_path:
             assert not any(name == "deepfake_stream_score" for name, _ in samples)  # no score yet: absent, not 0
     finally:
         await app.stop()
+
+
+async def test_health_names_failed_and_long_reconnecting_configured_streams(tmp_path: Path, checkpoint: Path, astronaut_clip: Path) -> None:
+    """A missing file fails at once; an RTSP camera on a closed port counts only after the grace; a disabled one never."""
+    grace = 6.0
+    closed = f"rtsp://127.0.0.1:{free_port()}/stream"
+    fast = {"open_timeout_s": 1, "read_timeout_s": 1, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
+    cfg = parse_config(
+        {
+            "detector": {"weights_dir": str(checkpoint.parent), "weights": [checkpoint.name], "encoder": TEST_ENCODER, "device": "cpu", "input_size": 128},
+            "streams": [
+                file_stream("good", astronaut_clip),
+                {"name": "gone", "url": str(tmp_path / "missing.mp4")},
+                {"name": "cam", "url": closed, **fast},
+                {"name": "off", "url": str(tmp_path / "also-missing.mp4"), "enabled": False},
+            ],
+            "mqtt": {"enabled": False},
+            "http": {"port": 0},
+            "health": {"stream_grace_s": grace},
+        },
+        "test",
+    )
+    app = App(cfg)
+    await app.start()
+    try:
+        assert app.http is not None
+        port = app.http.port
+        async with aiohttp.ClientSession() as http:
+
+            async def settled() -> bool:
+                streams = (await get_health(http, port))[1]["streams"]
+                return [streams[n]["state"] for n in ("good", "gone", "cam")] == ["streaming", "failed", "reconnecting"]
+
+            await until(settled, 30, "good streaming, gone failed, cam reconnecting")
+            status, body = await get_health(http, port)
+            streams = body["streams"]
+            assert streams["cam"]["state_for_s"] < grace, "the machine was too slow to look inside the grace period"
+            assert "off" not in streams  # disabled: never started, never a problem
+            gone = f"stream gone failed: {streams['gone']['detail']}"
+            assert "missing.mp4" in gone
+            assert status == 503 and body["ok"] is False and body["problems"] == [gone]  # cam is still within its grace
+            assert body["stream_grace_s"] == grace and streams["gone"]["problem"] == gone and streams["cam"]["problem"] is None
+            assert streams["good"]["problem"] is None
+
+            async def cam_named() -> bool:
+                return any(p.startswith("stream cam ") for p in (await get_health(http, port))[1]["problems"])
+
+            await until(cam_named, grace + 15, "the reconnecting camera to be named after the grace")
+            status, body = await get_health(http, port)
+            streams = body["streams"]
+            assert status == 503 and streams["cam"]["state"] == "reconnecting" and streams["cam"]["state_for_s"] > grace
+            assert streams["good"]["state"] == "streaming"  # the good stream alone does not make it ready
+            cam = next(p for p in body["problems"] if p.startswith("stream cam "))
+            assert re.fullmatch(rf"stream cam reconnecting for \d+ s \(grace 6 s\): {re.escape(closed)}: .+", cam), cam
+            assert cam.endswith(streams["cam"]["detail"]) and streams["cam"]["problem"] == cam
+            assert body["problems"] == [gone, cam]
+            assert "no stream is streaming" not in body["problems"]
+            live = await http.get(f"http://127.0.0.1:{port}/health/live")
+            assert live.status == 200  # liveness never looks at cameras
+    finally:
+        await app.stop()
+
+
+def test_health_stream_rules_silence_whip_and_stopped_streams() -> None:
+    """The rules on hand-made handles: silence after the grace, WHIP and stopped streams never count."""
+    from types import SimpleNamespace
+
+    from stream.outputs.publisher import NullPublisher
+    from stream.web.health import health_report
+
+    now = 1000.0
+
+    def handle(name: str, state: StreamState, since: float, last_frame: float | None = None, kind: str = "url", detail: str | None = None) -> Any:
+        stats = SimpleNamespace(last_score=None, samples_scored=0, alerts=0, last_latency_s=None, last_frame_monotonic=last_frame)
+        pipeline = SimpleNamespace(stats=stats, alerts=SimpleNamespace(active=False), inference_error=None)
+        return SimpleNamespace(name=name, kind=kind, state=state, state_since=since, detail=detail, pipeline=pipeline, source=SimpleNamespace(stats=SimpleNamespace(fps_in=0.0)))
+
+    handles = [
+        handle("live", StreamState.STREAMING, now - 100, last_frame=now - 1),
+        handle("quiet", StreamState.STREAMING, now - 100, last_frame=now - 31),  # frames stopped 31 s ago
+        handle("mute", StreamState.STREAMING, now - 40),  # streaming for 40 s, never a frame
+        handle("fresh", StreamState.STREAMING, now - 5, last_frame=now - 50),  # reconnected 5 s ago: silence counts from then
+        handle("opening", StreamState.CONNECTING, now - 45, detail="opening rtsp://cam/x"),
+        handle("eof", StreamState.STOPPED, now - 500, detail="end of file"),
+        handle("phone", StreamState.OFFLINE, now - 500, kind="webrtc"),
+        handle("phone2", StreamState.FAILED, now - 500, kind="webrtc", detail="peer gone"),
+        handle("broken", StreamState.FAILED, now - 1),
+    ]
+    registry = SimpleNamespace(handles=lambda: handles, is_configured=lambda name: name not in ("phone", "phone2"), started_at=time.time())
+    body = health_report(registry, NullPublisher(), "127.0.0.1:1883", stream_grace_s=30, now=now)  # type: ignore[arg-type]
+    assert body["problems"] == [
+        "stream quiet silent: no frame for 31 s (grace 30 s)",
+        "stream mute silent: no frame for 40 s (grace 30 s)",
+        "stream opening connecting for 45 s (grace 30 s): opening rtsp://cam/x",
+        "stream broken failed",
+    ]
+    assert body["streams"]["quiet"]["last_frame_age_s"] == 31 and body["streams"]["mute"]["last_frame_age_s"] is None
+    assert body["streams"]["phone"]["problem"] is None and body["streams"]["eof"]["problem"] is None
+    assert health_report(registry, NullPublisher(), "x", stream_grace_s=60, now=now)["problems"] == ["stream broken failed"]  # type: ignore[arg-type]
+
+
+def test_health_grace_must_cover_the_sample_interval() -> None:
+    base = {"streams": [{"name": "slow", "url": "x.mp4", "sample_fps": 0.05}]}  # one sample every 20 s
+    parse_config({**base, "health": {"stream_grace_s": 21}})
+    with pytest.raises(ConfigError, match=r"streams\.0\.sample_fps: one sample every 20 s .* health\.stream_grace_s \(20 s\)"):
+        parse_config({**base, "health": {"stream_grace_s": 20}})
+    parse_config({"streams": [{**base["streams"][0], "enabled": False}], "health": {"stream_grace_s": 5}})  # disabled: not watched
+    with pytest.raises(ConfigError, match="health.stream_grace_s"):
+        parse_config({"health": {"stream_grace_s": 0}})
 
 
 # ---------------------------------------------------------------- discovery
@@ -231,7 +343,7 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
             assert score["state_topic"] == "deepfake/cam/score" and score["value_template"] == "{{ value_json.score }}"
             assert "unit_of_measurement" not in score and "device_class" not in score
             alert = payloads[f"ha/disc/binary_sensor/{node}/cam_alert/config"]
-            assert alert["state_topic"] == "deepfake/cam/alert" and alert["device_class"] == "problem"
+            assert alert["state_topic"] == alert["json_attributes_topic"] == "deepfake/cam/alert/state" and alert["device_class"] == "problem"
             assert (alert["payload_on"], alert["payload_off"]) == ("ON", "OFF")
             for p in (score, alert):
                 assert p["availability_topic"] == "deepfake/available"
@@ -244,10 +356,12 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
             real_score = seen.on("deepfake/cam/score")[-1]
             assert float(render_template(score["value_template"], real_score.payload)) == pytest.approx(real_score.json()["score"])
             start = seen.on("deepfake/cam/alert")[0]
-            assert start.json()["event"] == "start" and render_template(alert["value_template"], start.payload) == "ON"
-            end = json.dumps({**start.json(), "event": "end"}).encode()
-            assert render_template(alert["value_template"], end) == "OFF"
-            assert render_template(alert["value_template"], json.dumps({**start.json(), "event": "update"}).encode()) == "ON"
+            assert start.json()["event"] == "start"
+            await seen.wait_for(lambda _: any(m.json()["state"] == "on" for m in seen.on("deepfake/cam/alert/state")), 10, "the retained alert state on")
+            states = seen.on("deepfake/cam/alert/state")
+            assert states[0].json()["state"] == "off" and render_template(alert["value_template"], states[0].payload) == "OFF"  # at stream start
+            on = next(m for m in states if m.json()["state"] == "on")
+            assert on.json()["id"] == start.json()["id"] and render_template(alert["value_template"], on.payload) == "ON"
 
             # the broker restarts without persistence: the publisher re-sends the configs on reconnect
             scores = len(seen.on("deepfake/cam/score"))
@@ -258,6 +372,55 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
             assert set(again) == expected and again == configs
         finally:
             await app.stop()
+
+
+async def retained_json(broker: MosquittoBroker, topic: str, timeout_s: float = 20) -> tuple[dict[str, Any], int]:
+    """(payload, qos) of the retained message a subscriber arriving now gets on ``topic``; polls while the broker has none."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with collect_messages(broker.host, broker.port, [topic]) as late:
+            with contextlib.suppress(AssertionError):
+                await late.wait_for(lambda msgs: any(m.retain for m in msgs), 0.5, f"a retained message on {topic}")
+            found = [m for m in late.messages if m.retain]
+        if found:
+            return found[-1].json(), found[-1].qos
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no retained message on {topic} within {timeout_s} s")
+
+
+async def test_retained_alert_state_for_late_subscribers_and_after_a_broker_restart(
+    make_mqtt_broker: Callable[..., MosquittoBroker], astronaut_clip: Path, fake_checkpoint: Path
+) -> None:
+    """A subscriber that joins mid-episode learns it is open (and which); a broker that lost everything gets it back."""
+    broker = make_mqtt_broker(persistence=False)
+    cfg = ops_config(broker, fake_checkpoint, [file_stream("cam", astronaut_clip)])
+    topic = "deepfake/cam/alert/state"
+    async with collect_messages(broker.host, broker.port, ["deepfake/#"]) as seen:
+        app = App(cfg)
+        service = await app.start()
+        try:
+            await seen.wait_for(lambda _: bool(seen.on("deepfake/cam/alert")), 60, "an alert start")
+            start = seen.on("deepfake/cam/alert")[0].json()
+            assert start["event"] == "start"
+            state, qos = await retained_json(broker, topic)
+            assert qos == 1 and state["state"] == "on" and state["id"] == start["id"] and state["since"] == start["started_at"]
+            assert state["score"] >= 0.8 and state["peak"] >= state["score"]
+
+            broker.restart()  # no persistence: the retained state is gone until the service reconnects and replays it
+            state, _ = await retained_json(broker, topic)
+            assert state["state"] == "on" and state["id"] == start["id"]
+            assert [a.json()["event"] for a in seen.on("deepfake/cam/alert")].count("start") == 1  # no second start for one episode
+
+            await service.remove_stream("cam", StreamState.STOPPED, "removed by the test")  # the feed ends: so does the episode
+            await seen.wait_for(lambda _: any(m.json()["event"] == "end" for m in seen.on("deepfake/cam/alert")), 20, "the alert end")
+            state, qos = await retained_json(broker, topic)
+            end = next(m.json() for m in seen.on("deepfake/cam/alert") if m.json()["event"] == "end")
+            assert qos == 1 and state["state"] == "off" and state["id"] is None and state["since"] == end["time"]
+        finally:
+            await app.stop()
+    # every state message was retained QoS 1, and it went off -> on -> off for this one episode
+    states = [m.json()["state"] for m in seen.on(topic)]
+    assert states[0] == "off" and "on" in states and states[-1] == "off"
 
 
 async def retained_configs(broker: MosquittoBroker, topic: str, count: int, timeout_s: float = 10) -> dict[str, tuple[bool, bytes]]:

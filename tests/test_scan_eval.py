@@ -124,3 +124,80 @@ def test_wrong_checkpoint_is_one_line(astronaut_clip: Path, tmp_path: Path, caps
     assert main(["scan", str(astronaut_clip), "--out", str(tmp_path / "p.csv"), "--weights", str(bogus), *B0]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bogus.pth" in err and "not a loadable PyTorch weights file" in err
+
+
+def test_roc_auc_matches_scikit_learn_including_ties() -> None:
+    """eval computes ROC AUC itself (no scikit-learn import on its path); it must be scikit-learn's number."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from stream.evaluate import roc_auc
+
+    rng = np.random.default_rng(12)
+    for n in (2, 3, 7, 64, 500):
+        for decimals in (1, 2, 6):  # few decimals: many tied scores
+            y = rng.integers(0, 2, n)
+            y[:2] = (0, 1)
+            p = np.round(rng.random(n), decimals)
+            assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    with pytest.raises(ValueError, match="both classes"):
+        roc_auc(np.array([1, 1]), np.array([0.2, 0.3]))
+
+
+def _labels_for(tmp_path: Path, names: list[str]) -> Path:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\n" + "".join(f"{n},{lab}\n" for n, lab in zip(names, ["FAKE", "REAL"] * len(names), strict=False)) + "other.mp4,REAL\n")
+    return labels
+
+
+def _eval(preds: Path, labels: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stream.cli", "eval", str(preds), "--labels", str(labels), *extra], capture_output=True, text=True, check=True)
+
+
+def test_scan_records_its_checkpoints_and_eval_names_them(astronaut_clip: Path, fake_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    assert main(["scan", str(astronaut_clip), "--out", str(out), "--weights", str(fake_checkpoint), "--frames", "4", *B0]) == 0
+    record = json.loads((tmp_path / "p.csv.json").read_text())
+    assert record["random_weights"] is False and record["checkpoints"] == [fake_checkpoint.name]
+    assert record["encoder"] == TEST_ENCODER and record["model"] == f"1 checkpoint(s) of {TEST_ENCODER}" and record["created"]
+    labels = _labels_for(tmp_path, ["astronaut.mp4"])
+    text = _eval(out, labels)
+    assert f"model     1 checkpoint(s) of {TEST_ENCODER}" in text.stdout and "RANDOM" not in text.stdout + text.stderr
+    as_json = json.loads(_eval(out, labels, "--json").stdout)
+    assert as_json["model"]["checkpoints"] == [fake_checkpoint.name] and as_json["model"]["random_weights"] is False
+
+
+def test_eval_warns_when_the_predictions_came_from_random_weights(astronaut_clip: Path, tmp_path: Path) -> None:
+    import torch
+
+    from detector.build import build_detector
+    from detector.classifier import DeepFakeClassifier, Ensemble
+    from detector.config import DetectorConfig
+    from detector.pipeline import VideoPredictor
+    from stream.evaluate import ModelRecord
+    from stream.scan import scan
+
+    cfg = DetectorConfig(encoder=TEST_ENCODER, device="cpu", frames_per_video=4, input_size=128)
+    torch.manual_seed(0)
+    predictor = VideoPredictor(build_detector(cfg), Ensemble([DeepFakeClassifier(TEST_ENCODER)], torch.device("cpu")), frames_per_video=4, input_size=128)
+    out = tmp_path / "random.csv"
+    scan([astronaut_clip], cfg, out, progress=False, predictor=predictor, model=ModelRecord("RANDOM B0 (demo fallback)", random_weights=True, encoder=TEST_ENCODER))
+    labels = _labels_for(tmp_path, ["astronaut.mp4"])
+
+    text = _eval(out, labels)
+    warning = [line for line in text.stderr.splitlines() if "RANDOMLY INITIALISED" in line]
+    assert len(warning) == 1 and str(out) in warning[0] and "say nothing" in warning[0]
+    assert "RANDOM WEIGHTS: metrics meaningless" in text.stdout and "log_loss" in text.stdout
+    as_json = _eval(out, labels, "--json")
+    assert json.loads(as_json.stdout)["model"]["random_weights"] is True and "RANDOMLY INITIALISED" in as_json.stderr
+
+    # the CSV is rewritten by something else: the record no longer describes it and is not trusted
+    out.write_text(out.read_text() + "extra.mp4,0.5\n")
+    stale = _eval(out, labels)
+    assert "RANDOM" not in stale.stderr + stale.stdout and "describes another version of random.csv" in stale.stderr
+    # no record at all: eval says the model is unknown, once, on stderr
+    (tmp_path / "random.csv.json").unlink()
+    bare = _eval(out, labels)
+    assert bare.stderr.count("no model record") == 1 and "model " not in bare.stdout
+    with pytest.raises(ValueError, match="ModelRecord"):
+        scan([astronaut_clip], cfg, out, progress=False, predictor=predictor)

@@ -30,7 +30,7 @@ class MqttConfig(StrictModel):
     tls: TlsConfig | None = Field(None, description="TLS settings; absent: plain TCP")
     client_id: str = Field("deepfake-stream", description="fixed: the broker keeps our QoS 1 session across reconnects")
     topic_prefix: Annotated[str, Field(pattern=r"^[^#+]+$")] = Field(
-        "deepfake", description="<prefix>/available, <prefix>/<stream>/{status,score,alert,snapshot}"
+        "deepfake", description="<prefix>/available, <prefix>/<stream>/{status,score,alert,alert/state,snapshot}"
     )
     keepalive_s: Annotated[int, Field(gt=0)] = Field(30, description="MQTT keepalive")
     score_interval_s: Annotated[float, Field(ge=0)] = Field(1.0, description="at most one score message per stream this often")

@@ -7,7 +7,8 @@ Per stream, two retained config messages under the discovery prefix
     <discovery prefix>/binary_sensor/<node_id>/<stream>_alert/config  ON while an alert episode is open
 
 They point at the topics the service already publishes (``<prefix>/<stream>/score``
-and ``<prefix>/<stream>/alert``) and use ``<prefix>/available`` (online/offline,
+and the retained ``<prefix>/<stream>/alert/state``, so the binary sensor is right even when
+HA subscribes in the middle of an episode) and use ``<prefix>/available`` (online/offline,
 including the MQTT last will) for availability, so HA greys the entities out when
 the analyzer dies.  The configs are retained and replayed by the publisher on
 every reconnect, so HA finds them whenever it (re)starts.
@@ -25,7 +26,7 @@ from stream.outputs.publisher import Publisher
 log = logging.getLogger(__name__)
 
 SW_VERSION = "0.1.0"
-ALERT_STATE_TEMPLATE = "{{ 'OFF' if value_json.event == 'end' else 'ON' }}"  # start/update -> ON, end -> OFF
+ALERT_STATE_TEMPLATE = "{{ 'ON' if value_json.state == 'on' else 'OFF' }}"  # the retained alert/state payload
 
 
 def node_id(client_id: str) -> str:
@@ -77,17 +78,17 @@ def score_sensor(stream: str, topic_prefix: str, node: str) -> dict[str, Any]:
 
 
 def alert_binary_sensor(stream: str, topic_prefix: str, node: str) -> dict[str, Any]:
-    """The ``binary_sensor`` config: ON from an alert's ``start`` (and ``update``) until its ``end``."""
+    """The ``binary_sensor`` config: ON while an episode is open, from the retained alert state (attributes: id, since, score, peak)."""
     obj = object_id(stream, "alert")
     return {
         "name": "Deepfake alert",
         "unique_id": f"{node}_{obj}",
-        "state_topic": f"{topic_prefix}/{stream}/alert",
+        "state_topic": f"{topic_prefix}/{stream}/alert/state",
         "value_template": ALERT_STATE_TEMPLATE,
         "payload_on": "ON",
         "payload_off": "OFF",
         "device_class": "problem",
-        "json_attributes_topic": f"{topic_prefix}/{stream}/alert",
+        "json_attributes_topic": f"{topic_prefix}/{stream}/alert/state",
         "device": _device(node, stream),
         **_availability(topic_prefix),
     }

@@ -12,8 +12,16 @@ topic                          QoS    retained  delivery
 ``<prefix>/<stream>/score``    0      no        at most one per ``score_interval_s`` per
                                                 stream, latest wins; dropped while offline
 ``<prefix>/<stream>/alert``    1      no        bounded outbox, at-least-once, in order
+``<prefix>/<stream>/alert/     1      yes       latest per stream (``on`` with the open
+state``                                         episode, or ``off``), replayed on reconnect
 ``<prefix>/<stream>/snapshot`` 0      no        raw JPEG; dropped while offline
 =============================  =====  ========  ===========================================
+
+The alert topic carries events (``start``/``update``/``end``); a subscriber that joins late,
+or a broker that lost its retained messages, learns whether an episode is open from the
+retained ``alert/state`` instead.  After a reconnect only that state is re-sent: events are
+not replayed (a second ``start`` for one episode would read as a second episode); events
+raised while the broker was away are still delivered from the outbox.
 
 The ``publish_*`` methods are plain (non-async) calls that never block the
 detection pipeline: they record what must be sent and wake one sender task that
@@ -231,6 +239,14 @@ class MqttPublisher:
         self._outbox.append(alert)
         self._wakeup.set()
 
+    def publish_alert_state(self, stream: str, payload: dict[str, Any]) -> None:
+        """Retained QoS 1 ``<prefix>/<stream>/alert/state``; the latest is kept and re-sent on every reconnect.
+
+        Goes through :meth:`publish_retained`, so it is sent before queued alert events.
+        """
+        _check_stream(stream)
+        self.publish_retained(self.topic(stream, "alert/state"), payload, qos=1)
+
     def publish_snapshot(self, stream: str, jpeg: bytes) -> None:
         """QoS 0 raw JPEG, not retained; dropped while disconnected."""
         _check_stream(stream)
@@ -386,7 +402,7 @@ class MqttPublisher:
 
     def _log_connection_end(self, exc: BaseException, delay: float) -> None:
         user = f" (user {self._cfg.username!r})" if self._cfg.username is not None else ""
-        reason = _describe_error(exc)
+        reason = describe_error(exc)
         if self._connected:
             log.warning(
                 "MQTT connection to %s lost: %s; %d alert(s) pending; reconnecting in %.3g s",
@@ -577,7 +593,7 @@ async def _exit_quietly(client: aiomqtt.Client, exc: BaseException | None = None
         await client.__aexit__(type(exc) if exc is not None else None, exc, None)
 
 
-def _describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """A one-line reason: aiomqtt hides the real cause (``__cause__``) and its own message behind a code."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     reason = str(cause) or type(cause).__name__

@@ -1,4 +1,4 @@
-"""Settings of the HTTP server and of WebRTC (WHIP) ingest."""
+"""Settings of the HTTP server, of ``/health`` and of WebRTC (WHIP) ingest."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ class HttpConfig(StrictModel):
     enabled: bool = Field(True, description="false: no HTTP server (and no WHIP)")
     host: str = Field("127.0.0.1", description="address to bind: loopback unless the operator opens it")
     port: Annotated[int, Field(ge=0, lt=65536)] = Field(8080, description="port to bind (0: any free port)")
+
+
+class HealthConfig(StrictModel):
+    """When ``GET /health`` (readiness) counts a configured stream as a problem."""
+
+    stream_grace_s: PositiveFloat = Field(
+        30.0,
+        description="a configured stream connecting, reconnecting or silent (streaming but no frame) for longer than this "
+        "makes /health 503 and is named in `problems`; a failed one counts at once",
+    )
 
 
 class WhipConfig(StrictModel):
