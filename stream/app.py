@@ -30,6 +30,7 @@ from stream.outputs.mqtt import MqttPublisher
 from stream.outputs.publisher import NullPublisher, Publisher
 from stream.recorder import Recorder
 from stream.service import StreamService
+from stream.sources.factory import prepare_demo_media
 from stream.web import dashboard, health, metrics, whip
 from stream.web.metrics import ServiceMetrics
 from stream.web.server import HttpServer
@@ -74,6 +75,7 @@ class App:
         if cfg.http.enabled:
             self.http = HttpServer(cfg.http, self._web_app(self.service, self.publisher, self.metrics))
             await self.http.start()
+        await asyncio.to_thread(prepare_demo_media, cfg.streams)  # a `demo:` stream's clip is built off the loop
         self.service.start_configured()
         return self.service
 

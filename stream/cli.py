@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -17,6 +18,7 @@ from stream.logs import setup_logging
 if TYPE_CHECKING:
     from detector.pipeline import VideoPrediction
 
+LAUNCHED = time.monotonic()  # the demo reports its first score, alert and alert end from here
 EXIT_USAGE = 2
 DEFAULT_CONFIG = Path("config.yaml")
 
@@ -207,7 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--duration must be positive")
     cfg = load_app_config(args.config)
     configure_logging(args, cfg)
-    return demo.main(cfg, config_given=args.config is not None, duration_s=args.duration, broker=args.broker, download=not args.no_download)
+    return demo.main(cfg, config_given=args.config is not None, duration_s=args.duration, broker=args.broker, download=not args.no_download, launched=LAUNCHED)
 
 
 def build_parser() -> OneLineParser:

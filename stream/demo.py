@@ -68,6 +68,30 @@ class DemoSummary:
     broker: str
     weights: str
     seconds: float
+    snapshots_published: int = 0
+    first_score_s: float | None = None  # from the command's start to the first score of any stream
+    first_alert_s: float | None = None  # ... to the first alert episode's start
+    first_alert_end_s: float | None = None  # ... to the end of an episode
+
+
+@dataclass
+class Milestones:
+    """When the demo first showed each step of the path, in seconds since the command started."""
+
+    launched: float  # time.monotonic() at the command's start
+    first_score_s: float | None = None
+    first_alert_s: float | None = None
+    first_alert_end_s: float | None = None
+
+    def observe(self, view: DemoView) -> None:
+        now = round(time.monotonic() - self.launched, 1)
+        pipelines = [h.pipeline for h in view.streams.handles()]
+        if self.first_score_s is None and any(p.stats.samples_scored for p in pipelines):
+            self.first_score_s = now
+        if self.first_alert_s is None and any(p.stats.alerts for p in pipelines):
+            self.first_alert_s = now
+        if self.first_alert_s is not None and self.first_alert_end_s is None and any(p.stats.alerts and not p.alerts.active for p in pipelines):
+            self.first_alert_end_s = now
 
 
 # ------------------------------------------------------------------ decisions
@@ -287,9 +311,13 @@ def logs_above(live: Live) -> Iterator[None]:
 # ----------------------------------------------------------------------- run
 
 
-async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: BrokerChoice, console: Console | None = None, download: bool = True) -> DemoSummary:
+async def run_demo(
+    cfg: AppConfig, duration_s: float | None, broker_choice: BrokerChoice, console: Console | None = None, download: bool = True, launched: float | None = None
+) -> DemoSummary:
     """Broker (maybe), service, live table until ``duration_s`` or a signal; returns the summary."""
     from stream.app import App, stop_on_signals
+
+    milestones = Milestones(launched if launched is not None else time.monotonic())
 
     console = console or _console()
     broker: EmbeddedBroker | None = None
@@ -301,7 +329,11 @@ async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: Brok
     cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update={"port": demo_http_port(cfg)})})
     print(f"{BROKER_PREFIX}{broker_label} (topics {cfg.mqtt.topic_prefix}/#)", flush=True)
 
+    from stream.sources.factory import prepare_demo_media
+
+    media = asyncio.create_task(asyncio.to_thread(prepare_demo_media, cfg.streams), name="demo-media")  # beside the model load
     engine, weights_label = await asyncio.to_thread(build_engine, cfg, download)
+    await media
     app = App(cfg, engine=engine)
     stop_on_signals(app)
     started = time.monotonic()
@@ -312,12 +344,12 @@ async def run_demo(cfg: AppConfig, duration_s: float | None, broker_choice: Brok
         http = f"http://{cfg.http.host}:{app.http.port}" if app.http is not None else "(HTTP off)"
         header = f"MQTT {broker_label} · {http}/health · {http}/metrics · weights: {weights_label}"
         log.info("demo running: %s", header)
-        await _show(app, view, header, started, duration_s, console)
+        await _show(app, view, header, started, duration_s, console, milestones)
     finally:
         await app.stop()
         if broker is not None:
             await broker.stop()
-    return _summary(view, broker_label, weights_label, time.monotonic() - started)
+    return _summary(view, broker_label, weights_label, time.monotonic() - started, milestones)
 
 
 def _console() -> Console:
@@ -326,18 +358,19 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-async def _show(app: App, view: DemoView, header: str, started: float, duration_s: float | None, console: Console) -> None:
+async def _show(app: App, view: DemoView, header: str, started: float, duration_s: float | None, console: Console, milestones: Milestones) -> None:
     waiter = asyncio.create_task(app.wait(duration_s), name="demo-wait")
     with Live(render(view, header, started, duration_s), console=console, refresh_per_second=2, transient=False) as live, logs_above(live):
         while not waiter.done():
+            milestones.observe(view)
             live.update(render(view, header, started, duration_s))
-            await asyncio.wait({waiter}, timeout=0.5)
+            await asyncio.wait({waiter}, timeout=0.25)
         live.update(render(view, header, started, duration_s))
     if not console.is_terminal:
         console.line()  # Live ends its last frame with a newline only on a terminal
 
 
-def _summary(view: DemoView, broker_label: str, weights_label: str, seconds: float) -> DemoSummary:
+def _summary(view: DemoView, broker_label: str, weights_label: str, seconds: float, milestones: Milestones) -> DemoSummary:
     stats = [h.pipeline.stats for h in view.streams.handles()]
     publisher = view.publisher
     return DemoSummary(
@@ -350,10 +383,17 @@ def _summary(view: DemoView, broker_label: str, weights_label: str, seconds: flo
         broker=broker_label,
         weights=weights_label,
         seconds=round(seconds, 1),
+        snapshots_published=publisher.snapshots_published,
+        first_score_s=milestones.first_score_s,
+        first_alert_s=milestones.first_alert_s,
+        first_alert_end_s=milestones.first_alert_end_s,
     )
 
 
-def main(cfg: AppConfig, config_given: bool, duration_s: float | None, broker: BrokerChoice | None, download: bool = True) -> int:
+
+
+
+def main(cfg: AppConfig, config_given: bool, duration_s: float | None, broker: BrokerChoice | None, download: bool = True, launched: float | None = None) -> int:
     """Entry point of ``deepfake-stream demo``; bad checkpoints are one line, exit 2."""
     from detector.classifier import CheckpointError
 
@@ -361,7 +401,7 @@ def main(cfg: AppConfig, config_given: bool, duration_s: float | None, broker: B
     choice, why = choose_broker(cfg, config_given, broker)
     log.info("demo MQTT: %s broker (%s)", choice, why)
     try:
-        summary = asyncio.run(run_demo(cfg, duration_s, choice, download=download))
+        summary = asyncio.run(run_demo(cfg, duration_s, choice, download=download, launched=launched))
     except CheckpointError as exc:
         log.error("%s", exc)
         return 2

@@ -31,6 +31,7 @@ class Publisher(Protocol):
     scores_dropped: int
     alerts_delivered: int
     alerts_dropped: int
+    snapshots_published: int
     reconnects: int
 
 
@@ -44,6 +45,7 @@ class NullPublisher:
     scores_dropped = 0
     alerts_delivered = 0
     alerts_dropped = 0
+    snapshots_published = 0
     reconnects = 0
 
     def publish_status(self, stream: str, payload: dict[str, Any]) -> None: ...

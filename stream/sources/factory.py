@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from stream.sources.base import FrameSource, StateCallback
 from stream.sources.config import StreamConfig
 
@@ -15,6 +17,14 @@ def resolve_stream_url(cfg: StreamConfig) -> StreamConfig:
     from stream.demo_media import demo_clip
 
     return cfg.model_copy(update={"url": str(demo_clip()), "loop": True, "realtime": True})
+
+
+def prepare_demo_media(streams: Sequence[StreamConfig]) -> None:
+    """Build the demo clip now (it is cached) if an enabled stream plays ``demo:``: off the event loop, before streams start."""
+    if any(s.enabled and s.url.strip() == DEMO_URL for s in streams):
+        from stream.demo_media import demo_clip
+
+        demo_clip()
 
 
 def open_source(cfg: StreamConfig, on_state: StateCallback | None = None) -> FrameSource:
