@@ -190,11 +190,17 @@ def configure_logging(args: argparse.Namespace, cfg: AppConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from stream.sharding import ShardingError
+
     cfg = load_app_config(args.config)
     configure_logging(args, cfg)
+    try:
+        shard = cfg.shard_plan()  # before torch is imported: a replica with a bad shard setting fails in a second
+    except ShardingError as exc:
+        raise UsageError(f"sharding: {exc}") from None
     from stream.app import run_service
 
-    return run_service(cfg, duration_s=args.duration)
+    return run_service(cfg, duration_s=args.duration, shard=shard)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

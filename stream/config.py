@@ -4,13 +4,14 @@ Every section forbids unknown keys, so a typo is an error rather than a silently
 setting, and errors name the field's path (``streams.1.sample_fps``).  Where each
 section lives: ``detector/config.py`` (detector, engine), ``stream/sources/config.py``
 (streams), ``stream/scoring.py`` (window), ``stream/alerts.py`` (alerts),
-``stream/outputs/config.py`` (mqtt, discovery), ``stream/web/config.py`` (http, health, whip)
-and here (logging).  Loading a config imports none of the heavy modules (torch, PyAV,
-aiortc), so a bad file is reported at once.
+``stream/outputs/config.py`` (mqtt, discovery), ``stream/web/config.py`` (http, health, whip),
+``stream/sharding.py`` (sharding) and here (logging).  Loading a config imports none of the
+heavy modules (torch, PyAV, aiortc), so a bad file is reported at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -21,12 +22,13 @@ from detector.config import DetectorConfig, EngineConfig, StrictModel
 from stream.alerts import AlertConfig
 from stream.outputs.config import DiscoveryConfig, MqttConfig, TlsConfig
 from stream.scoring import WindowConfig
+from stream.sharding import ShardingConfig, ShardPlan
 from stream.sources.config import StreamConfig
 from stream.web.config import HealthConfig, HttpConfig, WhipConfig
 
 __all__ = [
     "AlertConfig", "AppConfig", "ConfigError", "DetectorConfig", "DiscoveryConfig", "EngineConfig", "HealthConfig", "HttpConfig",
-    "LoggingConfig", "MqttConfig", "StreamConfig", "TlsConfig", "WhipConfig", "WindowConfig", "load_config", "parse_config",
+    "LoggingConfig", "MqttConfig", "ShardingConfig", "StreamConfig", "TlsConfig", "WhipConfig", "WindowConfig", "load_config", "parse_config",
 ]  # fmt: skip
 
 
@@ -55,6 +57,13 @@ class AppConfig(StrictModel):
     whip: WhipConfig = Field(default_factory=WhipConfig, description="WebRTC ingest")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log format and level")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
+    sharding: ShardingConfig = Field(
+        default_factory=ShardingConfig, description="which part of `streams` this replica watches when several share the list (default: all of it)"
+    )
+
+    def shard_plan(self, environ: Mapping[str, str] | None = None) -> ShardPlan:
+        """This replica's share of the enabled streams (``sharding``, else the environment); ShardingError when it cannot work."""
+        return self.sharding.plan([s.name for s in self.streams if s.enabled], environ)
 
     @field_validator("streams")
     @classmethod
