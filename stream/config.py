@@ -11,7 +11,7 @@ heavy modules (torch, PyAV, aiortc), so a bad file is reported at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -88,13 +88,13 @@ class AppConfig(StrictModel):
         return self
 
 
-def format_validation_error(source: str, error: ValidationError) -> str:
-    """One line per problem: ``source: a.b.0.c: message``."""
+def format_validation_error(source: str, error: ValidationError, source_of: Callable[[tuple[str | int, ...]], str] | None = None) -> str:
+    """One line per problem: ``source: a.b.0.c: message`` (``source_of(loc)``, when given, names the file that set the field)."""
     lines = []
     for item in error.errors():
         # a key from the file is shown escaped when it is not plain text: one problem stays one line
         where = ".".join(str(p) if str(p).isprintable() and str(p) else repr(str(p)) for p in item["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {' '.join(item['msg'].splitlines())}")
+        lines.append(f"{source_of(item['loc']) if source_of else source}: {where}: {' '.join(item['msg'].splitlines())}")
     return "\n".join(lines)
 
 
@@ -111,6 +111,11 @@ def parse_config(data: object, source: str = "config") -> AppConfig:
 
 def load_config(path: str | Path) -> AppConfig:
     """Read and validate a YAML config file; raises ConfigError with a readable message."""
+    return parse_config(read_config_data(path), str(path))
+
+
+def read_config_data(path: str | Path) -> object:
+    """A YAML file's data, not yet validated; ConfigError (naming the file) when it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -126,4 +131,4 @@ def load_config(path: str | Path) -> AppConfig:
         raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     except ValueError as exc:  # e.g. an integer literal beyond Python's int string-conversion limit
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_config(data, str(path))
+    return data
