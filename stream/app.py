@@ -60,9 +60,9 @@ class App:
     async def start(self) -> StreamService:
         cfg = self.cfg
         shard = self.shard = self.shard or cfg.shard_plan()  # before the model: a bad shard setting fails at once
-        log.info("%s", shard.describe(), extra={"event": "shard"})
-        log.debug("streams of this shard: %s", ", ".join(shard.kept) or "none")
         self.engine = self._given_engine or await asyncio.to_thread(self._load_engine)
+        log.info("%s", shard.describe(), extra={"event": "shard"})  # after the model: a bad checkpoint stays the only line
+        log.debug("streams of this shard: %s", ", ".join(shard.kept) or "none")
         self.publisher = self._given_publisher or self._start_publisher(shard.instance)
         self.discovery = start_discovery(cfg.discovery, cfg.mqtt, self.publisher, shard.instance)
         self.service = StreamService(
