@@ -5,8 +5,9 @@ HTTP routes the supervisor as a ``StreamRegistry``, metrics the registry, engine
 publisher.  Nothing else constructs these parts, so following a config value means
 reading this file and the part it is handed to.
 
-Lifecycle: ``start()`` loads the model (off the event loop), connects MQTT, starts the
-HTTP server and every configured stream; ``stop()`` (also on SIGINT/SIGTERM through
+Lifecycle: ``start()`` resolves this replica's shard (``sharding``, else the environment),
+loads the model (off the event loop), connects MQTT under the replica's identity, starts the
+HTTP server and the configured streams its shard owns; ``stop()`` (also on SIGINT/SIGTERM through
 ``serve``) ends open alert episodes, sets statuses to ``stopped``, flushes pending alerts
 and publishes ``offline``.
 """
@@ -30,6 +31,7 @@ from stream.outputs.mqtt import MqttPublisher
 from stream.outputs.publisher import NullPublisher, Publisher
 from stream.recorder import Recorder
 from stream.service import StreamService
+from stream.sharding import ShardPlan
 from stream.sources.factory import prepare_demo_media
 from stream.web import dashboard, health, metrics, whip
 from stream.web.metrics import ServiceMetrics
@@ -39,12 +41,13 @@ log = logging.getLogger(__name__)
 
 
 class App:
-    """Every part of one running analyzer; ``engine``/``publisher`` may be given ready-made (demo, tests)."""
+    """Every part of one running analyzer; ``engine``/``publisher``/``shard`` may be given ready-made (demo, tests, the CLI)."""
 
-    def __init__(self, cfg: AppConfig, engine: InferenceEngine | None = None, publisher: Publisher | None = None) -> None:
+    def __init__(self, cfg: AppConfig, engine: InferenceEngine | None = None, publisher: Publisher | None = None, shard: ShardPlan | None = None) -> None:
         self.cfg = cfg
         self._given_engine = engine
         self._given_publisher = publisher
+        self.shard = shard
         self._mqtt_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
         self.engine: InferenceEngine | None = None
@@ -57,9 +60,12 @@ class App:
 
     async def start(self) -> StreamService:
         cfg = self.cfg
+        shard = self.shard = self.shard or cfg.shard_plan()  # before the model: a bad shard setting fails at once
         self.engine = self._given_engine or await asyncio.to_thread(self._load_engine)
-        self.publisher = self._given_publisher or self._start_publisher()
-        self.discovery = start_discovery(cfg.discovery, cfg.mqtt, self.publisher)
+        log.info("%s", shard.describe(), extra={"event": "shard"})  # after the model: a bad checkpoint stays the only line
+        log.debug("streams of this shard: %s", ", ".join(shard.kept) or "none")
+        self.publisher = self._given_publisher or self._start_publisher(shard.instance)
+        self.discovery = start_discovery(cfg.discovery, cfg.mqtt, self.publisher, shard.instance)
         self.service = StreamService(
             self.engine,
             self.publisher,
@@ -70,13 +76,13 @@ class App:
             on_stream_added=self.discovery.announce if self.discovery is not None else None,
             recorder=self.recorder,
         )
-        self.metrics = ServiceMetrics(self.service, self.engine, self.publisher)
+        self.metrics = ServiceMetrics(self.service, self.engine, self.publisher, shard)
         self.engine.on_batch = self.metrics.chain_on_batch(self.engine.on_batch)
         if cfg.http.enabled:
             self.http = HttpServer(cfg.http, self._web_app(self.service, self.publisher, self.metrics))
             await self.http.start()
-        await asyncio.to_thread(prepare_demo_media, cfg.streams)  # a `demo:` stream's clip is built off the loop
-        self.service.start_configured()
+        await asyncio.to_thread(prepare_demo_media, [s for s in cfg.streams if shard.spec.owns(s.name)])  # a `demo:` clip is built off the loop
+        self.service.start_configured(shard.spec.owns)
         return self.service
 
     def _load_engine(self) -> InferenceEngine:
@@ -85,17 +91,17 @@ class App:
         log.info("classifier: %s on %s, input %d px", engine.ensemble.label, engine.ensemble.device, engine.input_size)
         return engine
 
-    def _start_publisher(self) -> Publisher:
+    def _start_publisher(self, instance: str | None) -> Publisher:
         if not self.cfg.mqtt.enabled:
             return NullPublisher()
-        mqtt = MqttPublisher(self.cfg.mqtt)
+        mqtt = MqttPublisher(self.cfg.mqtt, instance=instance)
         self._mqtt_task = asyncio.create_task(mqtt.run(), name="mqtt")
         return mqtt
 
     def _web_app(self, service: StreamService, publisher: Publisher, service_metrics: ServiceMetrics) -> web.Application:
         cfg = self.cfg
         app = web.Application(client_max_size=max(cfg.whip.max_sdp_bytes, 1024) + 1024)
-        health.add_routes(app, service, publisher, broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}", stream_grace_s=cfg.health.stream_grace_s)
+        health.add_routes(app, service, publisher, broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}", stream_grace_s=cfg.health.stream_grace_s, shard=self.shard)
         metrics.add_routes(app, service_metrics)
         if cfg.whip.enabled:
             whip.add_routes(app, service, cfg.whip)
@@ -134,8 +140,8 @@ def stop_on_signals(app: App) -> None:
             loop.add_signal_handler(sig, app.request_stop)
 
 
-async def serve(cfg: AppConfig, duration_s: float | None = None) -> None:
-    app = App(cfg)
+async def serve(cfg: AppConfig, duration_s: float | None = None, shard: ShardPlan | None = None) -> None:
+    app = App(cfg, shard=shard)
     stop_on_signals(app)
     service = await app.start()
     log.info("service running: %d stream(s)", len(service.streams))
@@ -146,10 +152,10 @@ async def serve(cfg: AppConfig, duration_s: float | None = None) -> None:
         await app.stop()
 
 
-def run_service(cfg: AppConfig, duration_s: float | None = None) -> int:
+def run_service(cfg: AppConfig, duration_s: float | None = None, shard: ShardPlan | None = None) -> int:
     """Entry point of ``deepfake-stream run``; bad weights are one clear line, exit 2."""
     try:
-        asyncio.run(serve(cfg, duration_s))
+        asyncio.run(serve(cfg, duration_s, shard))
     except CheckpointError as exc:
         log.error("%s", exc)
         return 2

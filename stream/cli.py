@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 LAUNCHED = time.monotonic()  # the demo reports its first score, alert and alert end from here
 EXIT_USAGE = 2
 DEFAULT_CONFIG = Path("config.yaml")
+CONFIG_HELP = "config file; give it more than once to merge several in order, later ones win (a base config, then secrets)"
 
 
 class UsageError(Exception):
@@ -32,10 +33,15 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def load_app_config(path: Path | None) -> AppConfig:
-    if path is None:
+def load_app_config(paths: Path | Sequence[Path] | None) -> AppConfig:
+    """``--config`` (given once or more: merged in order, later files win), else ./config.yaml if present, else defaults."""
+    if paths is None or (not isinstance(paths, Path) and not paths):
         return load_config(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else AppConfig()
-    return load_config(path)
+    if isinstance(paths, Path):
+        return load_config(paths)
+    from stream.config_merge import load_configs
+
+    return load_configs(list(paths))
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -192,11 +198,17 @@ def configure_logging(args: argparse.Namespace, cfg: AppConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from stream.sharding import ShardingError
+
     cfg = load_app_config(args.config)
     configure_logging(args, cfg)
+    try:
+        shard = cfg.shard_plan()  # before torch is imported: a replica with a bad shard setting fails in a second
+    except ShardingError as exc:
+        raise UsageError(f"sharding: {exc}") from None
     from stream.app import run_service
 
-    return run_service(cfg, duration_s=args.duration)
+    return run_service(cfg, duration_s=args.duration, shard=shard)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -221,7 +233,7 @@ def build_parser() -> OneLineParser:
     scan = sub.add_parser("scan", help="score video files into a DFDC-style predictions CSV")
     scan.add_argument("inputs", nargs="+", help="video files or directories")
     scan.add_argument("--out", type=Path, default=Path("predictions.csv"))
-    scan.add_argument("--config", type=Path, default=None, help="config file (default: ./config.yaml if present)")
+    scan.add_argument("--config", type=Path, action="append", default=None, help=f"{CONFIG_HELP} (default: ./config.yaml if present)")
     scan.add_argument("--weights", type=Path, nargs="+", default=None, help="checkpoint files (override the config)")
     scan.add_argument("--encoder", default=None, help="timm encoder name, e.g. tf_efficientnet_b7.ns_jft_in1k")
     scan.add_argument("--frames", type=int, default=None, help="frames per video (default 32)")
@@ -246,7 +258,7 @@ def build_parser() -> OneLineParser:
     dl.set_defaults(func=cmd_weights_download)
 
     run = sub.add_parser("run", help="analyse the configured live streams and publish over MQTT")
-    run.add_argument("--config", type=Path, default=None)
+    run.add_argument("--config", type=Path, action="append", default=None, help=f"{CONFIG_HELP} (default: ./config.yaml if present)")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.set_defaults(func=cmd_run)
 
@@ -281,7 +293,7 @@ def build_parser() -> OneLineParser:
 
     demo = sub.add_parser("demo", help="no set-up: analyse the demo clip, embedded MQTT broker, live table")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
-    demo.add_argument("--config", type=Path, default=None, help="config file (default: ./config.yaml if present); its streams replace the demo clip")
+    demo.add_argument("--config", type=Path, action="append", default=None, help=f"{CONFIG_HELP} (default: ./config.yaml if present); its streams replace the demo clip")
     demo.add_argument(
         "--broker", choices=["embedded", "config"], default=None,
         help="embedded: an in-process broker on loopback; config: the configured one (default: config when --config sets a reachable mqtt.host)",
@@ -294,7 +306,7 @@ def build_parser() -> OneLineParser:
     watch.add_argument("--host", default=None, help="broker host (default: the config's mqtt.host)")
     watch.add_argument("--port", type=int, default=None, help="broker port (default: the config's mqtt.port)")
     watch.add_argument("--prefix", default=None, help="topic prefix to watch, <prefix>/# (default: the config's mqtt.topic_prefix, deepfake)")
-    watch.add_argument("--config", type=Path, default=None, help="config file for the broker, user, password and TLS (default: ./config.yaml if present)")
+    watch.add_argument("--config", type=Path, action="append", default=None, help=f"{CONFIG_HELP}: the broker, user, password and TLS (default: ./config.yaml if present)")
     watch.add_argument("--json", action="store_true", help="one JSON object per message")
     watch.set_defaults(func=cmd_watch)
     return parser

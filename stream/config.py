@@ -4,13 +4,14 @@ Every section forbids unknown keys, so a typo is an error rather than a silently
 setting, and errors name the field's path (``streams.1.sample_fps``).  Where each
 section lives: ``detector/config.py`` (detector, engine), ``stream/sources/config.py``
 (streams), ``stream/scoring.py`` (window), ``stream/alerts.py`` (alerts),
-``stream/outputs/config.py`` (mqtt, discovery), ``stream/web/config.py`` (http, health, whip)
-and here (logging).  Loading a config imports none of the heavy modules (torch, PyAV,
-aiortc), so a bad file is reported at once.
+``stream/outputs/config.py`` (mqtt, discovery), ``stream/web/config.py`` (http, health, whip),
+``stream/sharding.py`` (sharding) and here (logging).  Loading a config imports none of the
+heavy modules (torch, PyAV, aiortc), so a bad file is reported at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -21,12 +22,13 @@ from detector.config import DetectorConfig, EngineConfig, StrictModel
 from stream.alerts import AlertConfig
 from stream.outputs.config import DiscoveryConfig, MqttConfig, TlsConfig
 from stream.scoring import WindowConfig
+from stream.sharding import ShardingConfig, ShardPlan
 from stream.sources.config import StreamConfig
 from stream.web.config import HealthConfig, HttpConfig, WhipConfig
 
 __all__ = [
     "AlertConfig", "AppConfig", "ConfigError", "DetectorConfig", "DiscoveryConfig", "EngineConfig", "HealthConfig", "HttpConfig",
-    "LoggingConfig", "MqttConfig", "StreamConfig", "TlsConfig", "WhipConfig", "WindowConfig", "load_config", "parse_config",
+    "LoggingConfig", "MqttConfig", "ShardingConfig", "StreamConfig", "TlsConfig", "WhipConfig", "WindowConfig", "load_config", "parse_config",
 ]  # fmt: skip
 
 
@@ -55,6 +57,13 @@ class AppConfig(StrictModel):
     whip: WhipConfig = Field(default_factory=WhipConfig, description="WebRTC ingest")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log format and level")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
+    sharding: ShardingConfig = Field(
+        default_factory=ShardingConfig, description="which part of `streams` this replica watches when several share the list (default: all of it)"
+    )
+
+    def shard_plan(self, environ: Mapping[str, str] | None = None) -> ShardPlan:
+        """This replica's share of the enabled streams (``sharding``, else the environment); ShardingError when it cannot work."""
+        return self.sharding.plan([s.name for s in self.streams if s.enabled], environ)
 
     @field_validator("streams")
     @classmethod
@@ -79,13 +88,13 @@ class AppConfig(StrictModel):
         return self
 
 
-def format_validation_error(source: str, error: ValidationError) -> str:
-    """One line per problem: ``source: a.b.0.c: message``."""
+def format_validation_error(source: str, error: ValidationError, source_of: Callable[[tuple[str | int, ...]], str] | None = None) -> str:
+    """One line per problem: ``source: a.b.0.c: message`` (``source_of(loc)``, when given, names the file that set the field)."""
     lines = []
     for item in error.errors():
         # a key from the file is shown escaped when it is not plain text: one problem stays one line
         where = ".".join(str(p) if str(p).isprintable() and str(p) else repr(str(p)) for p in item["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {' '.join(item['msg'].splitlines())}")
+        lines.append(f"{source_of(item['loc']) if source_of else source}: {where}: {' '.join(item['msg'].splitlines())}")
     return "\n".join(lines)
 
 
@@ -102,6 +111,11 @@ def parse_config(data: object, source: str = "config") -> AppConfig:
 
 def load_config(path: str | Path) -> AppConfig:
     """Read and validate a YAML config file; raises ConfigError with a readable message."""
+    return parse_config(read_config_data(path), str(path))
+
+
+def read_config_data(path: str | Path) -> object:
+    """A YAML file's data, not yet validated; ConfigError (naming the file) when it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -117,4 +131,4 @@ def load_config(path: str | Path) -> AppConfig:
         raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     except ValueError as exc:  # e.g. an integer literal beyond Python's int string-conversion limit
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_config(data, str(path))
+    return data

@@ -1,16 +1,18 @@
-"""Merge a base config with overlay files (secrets) into the one file ``run --config`` reads.
+"""Several config files read as one: a base config with overlays (secrets) merged over it.
 
-Kubernetes keeps the config in a ConfigMap and the MQTT password and WHIP
-tokens in Secrets; our loader reads a single file.  An init container runs
+Kubernetes keeps the config in a ConfigMap and the MQTT password and WHIP tokens in
+Secrets.  ``deepfake-stream run --config base.yaml --config mqtt.yaml --config whip.yaml``
+reads them as one config (``load_configs``): the files are deep-merged in order
+(mappings merge key by key, anything else, lists included, is replaced by the later
+file) and validated by the service's own loader; an error names the file that set the
+bad field (``secrets/mqtt.yaml: mqtt.pasword: Extra inputs are not permitted``).
+
+For a single merged file on disk instead (another tool, an old set-up)::
 
     python -m stream.config_merge --out /etc/deepfake-stream/config.yaml \\
-        /config/base/config.yaml /config/secrets/mqtt.yaml /config/secrets/whip.yaml \\
-        --set mqtt.client_id=deepfake-stream-$(POD_NAME)
+        /config/base/config.yaml /config/secrets/mqtt.yaml --set http.port=9000
 
-which deep-merges the files in order (mappings merge key by key, anything else
-is replaced by the later file), applies ``--set`` paths, validates the result
-with the service's own loader (a bad config fails the init container, naming
-the field) and writes it readable by its owner only.
+writes the merge, with ``--set`` paths applied, validated, readable by its owner only.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from stream.config import ConfigError, parse_config
+from stream.config import AppConfig, ConfigError, format_validation_error, load_config, read_config_data
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,14 +43,7 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
 
 def read_mapping(path: Path) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (an empty file is an empty mapping)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_config_data(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -78,13 +74,65 @@ def parse_assignment(text: str) -> dict[str, Any]:
 
 def merge_configs(paths: Sequence[Path], assignments: Sequence[str] = ()) -> dict[str, Any]:
     """The files merged in order, then the ``--set`` assignments; validated, so a bad result raises ConfigError."""
-    merged: dict[str, Any] = {}
-    for path in paths:
-        merged = deep_merge(merged, read_mapping(path))
-    for text in assignments:
-        merged = deep_merge(merged, parse_assignment(text))
-    parse_config(merged, " + ".join(str(p) for p in paths))
+    layers = [(str(path), read_mapping(path)) for path in paths] + [(f"--set {text}", parse_assignment(text)) for text in assignments]
+    merged = merge_layers(layers)
+    validate_layers(layers, merged)
     return merged
+
+
+def load_configs(paths: Sequence[Path]) -> AppConfig:
+    """The files merged in order and validated; each error line names the file that set its field.
+
+    One file is exactly ``load_config``.  With several, a field's file is the last one that
+    wrote it (a later list or scalar replaces the whole value, a later mapping only its keys).
+    """
+    if len(paths) == 1:
+        return load_config(paths[0])
+    layers = [(str(path), read_mapping(Path(path))) for path in paths]
+    return validate_layers(layers, merge_layers(layers))
+
+
+def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for _, data in layers:
+        merged = deep_merge(merged, data)
+    return merged
+
+
+def validate_layers(layers: Sequence[tuple[str, Mapping[str, Any]]], merged: Mapping[str, Any]) -> AppConfig:
+    """``merged`` as an AppConfig; ConfigError lines name the layer (file or ``--set``) that set each bad field."""
+    everyone = " + ".join(name for name, _ in layers)
+    try:
+        return AppConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(everyone, exc, lambda loc: field_origin(loc, layers) or everyone)) from None
+
+
+def field_origin(loc: Sequence[str | int], layers: Sequence[tuple[str, Any]]) -> str | None:
+    """The name of the last layer that wrote the deepest existing part of ``loc`` in the merge (None: no layer has it)."""
+    candidates = list(layers)  # the layers whose value at the path so far survives the merge
+    owner = None
+    for key in loc:
+        having = [(name, data[key]) for name, data in candidates if _has(data, key)]
+        if not having:
+            break
+        owner, value = having[-1]
+        if not isinstance(value, Mapping):
+            candidates = [having[-1]]  # a list or scalar: the last layer's replaces the others whole
+            continue
+        run: list[tuple[str, Any]] = []  # mappings merge: the trailing run of them survives
+        for name, item in reversed(having):
+            if not isinstance(item, Mapping):
+                break
+            run.append((name, item))
+        candidates = run[::-1]
+    return owner
+
+
+def _has(data: Any, key: str | int) -> bool:
+    if isinstance(data, Mapping):
+        return key in data
+    return isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data)
 
 
 def write_private(data: Mapping[str, Any], out: Path) -> None:

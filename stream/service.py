@@ -70,9 +70,15 @@ class StreamService:
         handle = self.streams.get(name)
         return name in self._configured_names or (handle is not None and handle.kind != "webrtc")
 
-    def start_configured(self) -> None:
-        """Start every enabled stream of the config."""
+    def start_configured(self, owns: Callable[[str], bool] | None = None) -> None:
+        """Start every enabled stream of the config that ``owns`` accepts (this replica's shard; default: all).
+
+        Streams of other shards stay configured (``is_configured``: WHIP may not take their names)
+        but are neither started nor listed.
+        """
         for stream_cfg in self.configured:
+            if owns is not None and not owns(stream_cfg.name):
+                continue
             if stream_cfg.enabled:
                 self.add_url_stream(stream_cfg)
             else:

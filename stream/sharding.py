@@ -32,6 +32,7 @@ SHARD_COUNT_ENV = "DEEPFAKE_SHARD_COUNT"
 POD_NAME_ENVS = ("POD_NAME", "HOSTNAME")  # POD_NAME: the downward API; HOSTNAME: a pod's own name
 MAX_SHARDS = 65_536  # owner() is O(count) per stream; beyond this a config value is a typo
 
+INSTANCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # one MQTT topic level and a client id suffix: no / + # or spaces
 _ORDINAL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?-(?P<ordinal>0|[1-9][0-9]*)$", re.IGNORECASE)
 
 Source = Literal["config", "environment", "pod-ordinal", "default"]
@@ -150,8 +151,21 @@ def resolve_shard(
         raise ShardingError(f"shard index {index} ({index_from}) is outside 0..{count - 1} for shard count {count} ({count_from}){hint}")
 
     if instance is None or not instance.strip():
-        instance = pod_name or f"shard-{index}"
+        instance = default_instance(index, count, pod_name)
     return ShardSpec(index=index, count=count, instance=instance.strip(), source=source)
+
+
+def default_instance(index: int, count: int, pod_name: str | None) -> str:
+    """The pod (host) name when it names this shard, else ``shard-<index>``.
+
+    The instance names the replica's MQTT session, so it must differ between
+    replicas: two processes on one host share ``HOSTNAME``, and a pod told its
+    index by ``DEEPFAKE_SHARD_INDEX`` may carry another ordinal in its name.  A
+    lone replica (count 1) keeps its host name: it has no peer to clash with.
+    """
+    if pod_name and (count == 1 or pod_ordinal(pod_name) == index):
+        return pod_name
+    return f"shard-{index}"
 
 
 class ShardingConfig(BaseModel):
@@ -179,7 +193,12 @@ class ShardingConfig(BaseModel):
         default=None,
         min_length=1,
         max_length=253,
-        description="This replica's name in logs, metrics and MQTT client ids. Default: the pod name ($POD_NAME, else $HOSTNAME), else shard-<index>.",
+        pattern=INSTANCE_PATTERN,
+        description=(
+            "This replica's name in logs, metrics, its MQTT client id and its availability topic <prefix>/instance/<instance>/available "
+            "(letters, digits, . _ -). Setting it gives even a lone replica that identity. "
+            "Default: the pod name ($POD_NAME, else $HOSTNAME) when its ordinal is the index, else shard-<index>."
+        ),
     )
 
     @model_validator(mode="after")
@@ -191,6 +210,49 @@ class ShardingConfig(BaseModel):
     def resolve(self, environ: Mapping[str, str] | None = None) -> ShardSpec:
         """This replica's ShardSpec: these values first, then the environment (see ``resolve_shard``)."""
         return resolve_shard(self.index, self.count, self.instance, environ)
+
+    def plan(self, streams: Iterable[str], environ: Mapping[str, str] | None = None) -> ShardPlan:
+        """Which of ``streams`` (the enabled configured names) this replica watches, and whether it is a named instance."""
+        spec = self.resolve(environ)
+        return ShardPlan.of(spec, streams, named=spec.sharded or self.instance is not None)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What this replica watches of the configured list: the decision the start-up log, /health and /metrics show.
+
+    ``named``: the replica has its own MQTT identity (client id ``<client_id>-<instance>``,
+    availability ``<prefix>/instance/<instance>/available``, payloads naming it), as it
+    must when several replicas share a broker.  A lone replica without a configured
+    instance is not named and publishes exactly as before sharding existed.
+    """
+
+    spec: ShardSpec
+    named: bool
+    kept: tuple[str, ...]  # enabled configured streams this shard watches, in config order
+    skipped: tuple[str, ...]  # enabled configured streams other shards watch
+
+    @classmethod
+    def of(cls, spec: ShardSpec, streams: Iterable[str], *, named: bool) -> ShardPlan:
+        names = list(streams)
+        kept = tuple(spec.select(names))
+        return cls(spec, named, kept, tuple(name for name in names if not spec.owns(name)))
+
+    @property
+    def instance(self) -> str | None:
+        """The name that sets this replica's MQTT identity apart, or None (unnamed: today's topics and client id)."""
+        return self.spec.instance if self.named else None
+
+    @property
+    def empty(self) -> bool:
+        """A shard of a fleet that was given no stream (more replicas than cameras): idle, and ready by design."""
+        return self.spec.sharded and not self.kept
+
+    def describe(self) -> str:
+        """One start-up log line: the shard and how much of the list it keeps."""
+        total = len(self.kept) + len(self.skipped)
+        line = f"{self.spec.describe()}: watching {len(self.kept)} of {total} configured stream(s), {len(self.skipped)} left to other shards"
+        return line + (" (this shard owns none: idle, and /health counts it ready)" if self.empty else "")
 
 
 def _env_int(env: Mapping[str, str], key: str) -> int | None:

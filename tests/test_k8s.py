@@ -3,18 +3,15 @@
 No cluster here.  Every manifest is validated against the Kubernetes OpenAPI
 schemas that the kubernetes-validate package ships (strict: unknown fields
 fail), for the oldest and the newest version we claim.  The rest checks that the
-pieces fit: the ConfigMap's config loads with our loader; the `config` init
-container's exact command, run here over the ConfigMap's and Secrets' files laid
-out as the kubelet would mount them, writes the config the analyzer reads, with
-the secrets in it; the commands parse with our CLI; probes, ports, GPU, shard
-count and the Prometheus annotations agree with the config and with each other.
+pieces fit: the ConfigMap's config loads with our loader; the analyzer's exact
+command, over the ConfigMap's and Secrets' files laid out as the kubelet would
+mount them, reads one config with the secrets in it; each pod resolves its own
+shard and MQTT identity; the commands parse with our CLI; probes, ports, GPU,
+shard count and the Prometheus annotations agree with the config and with each other.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +22,8 @@ import yaml
 from aiohttp import web
 
 from stream import cli
-from stream.config import AppConfig, load_config, parse_config
+from stream.config import AppConfig, parse_config
+from stream.outputs import topics
 from stream.outputs.publisher import NullPublisher
 from stream.sharding import SHARD_COUNT_ENV, ShardingError, assignment, resolve_shard
 from stream.web import health, metrics
@@ -95,11 +93,6 @@ def env_of(container: dict[str, Any], pod_name: str) -> dict[str, str]:
             assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", item
             env[item["name"]] = pod_name
     return env
-
-
-def expand(argument: str, env: dict[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion in command and args (unknown references are left as they are)."""
-    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), argument)
 
 
 def container_port(container: dict[str, Any], port: int | str) -> int:
@@ -186,34 +179,35 @@ def host_path(container: dict[str, Any], path: str, volumes: dict[str, Path]) ->
     return volumes[best["name"]] / PurePosixPath(path).relative_to(best["mountPath"])
 
 
-def test_config_init_container_merges_the_secrets_into_the_file_the_analyzer_reads(pod: dict[str, Any], analyzer: dict[str, Any], config: AppConfig, tmp_path: Path) -> None:
+def test_analyzer_reads_the_configmap_and_the_secrets_as_one_config(pod: dict[str, Any], analyzer: dict[str, Any], config: AppConfig, tmp_path: Path) -> None:
+    """No init container, no merged file: ``run --config base --config secret...`` over the mounted volumes."""
     volumes = materialize_volumes(pod, tmp_path)
-    init = init_container(pod, "config")
-    pod_name = "deepfake-stream-2"
-    command = [expand(arg, env_of(init, pod_name)) for arg in init["command"]]
-    assert command[:3] == ["python", "-m", "stream.config_merge"]
-    # the init container's absolute paths, each mapped onto the volume mounted there
-    args = [str(host_path(init, arg, volumes)) if arg.startswith("/") else arg for arg in command[3:]]
-    result = subprocess.run([sys.executable, "-m", "stream.config_merge", *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr
-    # the analyzer's --config is that file, through the same volume
-    analyzer_args = cli.build_parser().parse_args(analyzer["command"][1:])
-    merged_path = host_path(analyzer, str(analyzer_args.config), volumes)
-    assert merged_path == host_path(init, command[command.index("--out") + 1], volumes)
-    assert merged_path.stat().st_mode & 0o777 == 0o600
-    merged = load_config(merged_path)
+    assert [c["name"] for c in pod["initContainers"]] == ["weights"]
+    args = cli.build_parser().parse_args(analyzer["command"][1:])
+    assert args.func is cli.cmd_run and len(args.config) == 3
+    merged = cli.load_app_config([host_path(analyzer, str(path), volumes) for path in args.config])
     secrets = {doc["metadata"]["name"]: yaml.safe_load(next(iter(doc["stringData"].values()))) for _, doc in manifests() if doc["kind"] == "Secret"}
     mqtt_secret = secrets["deepfake-stream-mqtt"]["mqtt"]
     assert merged.mqtt.username == mqtt_secret["username"]
     assert merged.mqtt.password is not None and merged.mqtt.password.get_secret_value() == mqtt_secret["password"]
     assert {k: v.get_secret_value() for k, v in merged.whip.tokens.items()} == secrets["deepfake-stream-whip"]["whip"]["tokens"]
-    # one MQTT session per pod; everything else is the ConfigMap's
-    assert merged.mqtt.client_id == f"deepfake-stream-{pod_name}"
+    # everything else is the ConfigMap's
     assert merged.streams == config.streams and merged.http == config.http and merged.detector == config.detector
-    # the merged file holds secrets: memory-backed, and never mounted writable into the analyzer
-    config_volume = next(v for v in pod["volumes"] if v["name"] == "config")
-    assert config_volume["emptyDir"]["medium"] == "Memory"
-    assert next(m for m in analyzer["volumeMounts"] if m["name"] == "config")["readOnly"] is True
+    assert merged.mqtt.model_dump(exclude={"username", "password"}) == config.mqtt.model_dump(exclude={"username", "password"})
+    # the secrets are mounted read-only, readable by the app's group only; no copy of them is written anywhere
+    secret_volume = next(v for v in pod["volumes"] if v["name"] == "config-secrets")
+    assert secret_volume["projected"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    assert all(m["readOnly"] for m in analyzer["volumeMounts"] if m["name"].startswith("config"))
+    assert not [v for v in pod["volumes"] if "emptyDir" in v]
+
+
+def test_a_bad_secret_fails_the_pod_in_one_line_naming_its_file(pod: dict[str, Any], analyzer: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    volumes = materialize_volumes(pod, tmp_path)
+    (volumes["config-secrets"] / "mqtt.yaml").write_text("mqtt:\n  pasword: typo\n")
+    command = [str(host_path(analyzer, arg, volumes)) if arg.startswith("/") else arg for arg in analyzer["command"][1:]]
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("mqtt.yaml: mqtt.pasword: Extra inputs are not permitted"), err
 
 
 # ------------------------------------------------------------------ workload
@@ -222,7 +216,7 @@ def test_config_init_container_merges_the_secrets_into_the_file_the_analyzer_rea
 def test_analyzer_command_image_gpu_and_env(statefulset: dict[str, Any], pod: dict[str, Any], analyzer: dict[str, Any]) -> None:
     args = cli.build_parser().parse_args(analyzer["command"][1:])
     assert analyzer["command"][0] == "deepfake-stream" and args.func is cli.cmd_run
-    assert analyzer["command"] == ["deepfake-stream", "run", "--config", "/etc/deepfake-stream/config.yaml"]
+    assert [str(p) for p in args.config] == ["/config/base/config.yaml", "/config/secrets/mqtt.yaml", "/config/secrets/whip.yaml"]
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     assert {c["image"] for c in [*pod["initContainers"], analyzer]} == {IMAGE, compose["services"]["analyzer"]["image"]}
     assert all(c["imagePullPolicy"] == "IfNotPresent" for c in [*pod["initContainers"], analyzer])  # a locally built :latest
@@ -244,6 +238,23 @@ def test_every_replica_resolves_its_own_shard_and_together_they_cover_every_stre
     # a pod beyond the replica count (scaled up without the env) refuses to start instead of double-watching
     with pytest.raises(ShardingError, match="replica count"):
         resolve_shard(environ=env_of(analyzer, f"{name}-{replicas}"))
+
+
+def test_every_pod_has_its_own_mqtt_identity_and_an_idle_pod_is_ready(statefulset: dict[str, Any], analyzer: dict[str, Any], config: AppConfig) -> None:
+    """Pods share one broker: their client ids and availability topics differ, derived by the service from POD_NAME."""
+    name = statefulset["metadata"]["name"]
+    plans = [config.shard_plan(env_of(analyzer, f"{name}-{ordinal}")) for ordinal in range(statefulset["spec"]["replicas"])]
+    assert all(plan.named and plan.instance == f"{name}-{plan.spec.index}" for plan in plans)
+    client_ids = {topics.client_id(config.mqtt.client_id, plan.instance) for plan in plans}
+    assert client_ids == {f"deepfake-stream-{name}-{i}" for i in range(len(plans))}
+    assert len({topics.availability_topic(config.mqtt.topic_prefix, plan.instance) for plan in plans}) == len(plans)
+    # more pods than cameras: a pod whose shard owns none passes its readiness probe (/health) instead of stalling the roll
+    count = len(config.streams) + 3
+    idle = next(plan for plan in (config.shard_plan({**env_of(analyzer, f"{name}-{i}"), SHARD_COUNT_ENV: str(count)}) for i in range(count)) if plan.empty)
+    registry = SimpleNamespace(started_at=0.0, handles=list, is_configured=lambda _: True)
+    connected = SimpleNamespace(enabled=True, connected=True, pending_alerts=0, alerts_dropped=0)
+    body = health.health_report(registry, connected, "mosquitto:1883", shard=idle)  # type: ignore[arg-type]
+    assert body["ok"] is True and body["problems"] == [] and "nothing to watch" in body["note"]
 
 
 def test_weights_init_container_is_the_compose_weights_job(pod: dict[str, Any], statefulset: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from stream.sharding import (
     SHARD_INDEX_ENV,
     ShardingConfig,
     ShardingError,
+    ShardPlan,
     ShardSpec,
     assignment,
     owner,
@@ -170,3 +171,35 @@ def test_sharding_config_resolves_like_the_function_and_validates_its_fields() -
             ShardingConfig.model_validate(bad)
     described = ShardingConfig.model_json_schema()["properties"]
     assert all(described[field].get("description") for field in ("index", "count", "instance"))
+
+
+def test_instances_differ_between_replicas_on_one_host() -> None:
+    """The instance names the MQTT session: two processes on one host (same HOSTNAME) must not share it."""
+    on_box = [resolve_shard(environ={SHARD_COUNT_ENV: "3", SHARD_INDEX_ENV: str(i), "HOSTNAME": "box"}).instance for i in range(3)]
+    assert on_box == ["shard-0", "shard-1", "shard-2"]
+    # a pod told another index than its ordinal is named after its shard, not after the pod it may be confused with
+    assert resolve_shard(environ={SHARD_COUNT_ENV: "4", SHARD_INDEX_ENV: "1", "POD_NAME": "deepfake-stream-3"}).instance == "shard-1"
+    assert resolve_shard(environ={SHARD_COUNT_ENV: "4", SHARD_INDEX_ENV: "3", "POD_NAME": "deepfake-stream-3"}).instance == "deepfake-stream-3"
+
+
+def test_plan_keeps_this_shards_streams_and_says_whether_the_replica_is_named() -> None:
+    names = ["lobby", "entrance", "news-hd", "cam-0000", "cam-0001", "cam-0002"]  # owners with 4 shards: 1 2 1 2 0 1
+    plan = ShardingConfig(index=1, count=4).plan(names)
+    assert plan.kept == ("lobby", "news-hd", "cam-0002") and plan.skipped == ("entrance", "cam-0000", "cam-0001")
+    assert plan.named and plan.instance == "shard-1" and not plan.empty
+    assert plan.describe() == "shard 1 of 4 (config, instance shard-1): watching 3 of 6 configured stream(s), 3 left to other shards"
+    # a lone replica is not named (today's topics and client id) unless its instance is configured
+    lone = ShardingConfig().plan(names, environ={"HOSTNAME": "box"})
+    assert lone.kept == tuple(names) and not lone.named and lone.instance is None and not lone.empty
+    assert ShardingConfig(instance="edge-a").plan(names, environ={}).instance == "edge-a"
+    # more replicas than streams: the idle shard is empty (and says so), a lone replica with nothing configured is not
+    idle = ShardingConfig(index=3, count=4).plan(["lobby", "news-hd"])
+    assert idle.empty and idle.kept == () and "owns none" in idle.describe()
+    assert not ShardingConfig().plan([], environ={}).empty
+    assert ShardPlan.of(ShardSpec(0, 1), names, named=False).skipped == ()
+
+
+@pytest.mark.parametrize("bad", ["a/b", "+", "#", "has space", "-lead"])
+def test_instance_must_be_one_topic_level(bad: str) -> None:
+    with pytest.raises(ValidationError, match="instance"):
+        ShardingConfig(instance=bad)

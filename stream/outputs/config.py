@@ -28,9 +28,12 @@ class MqttConfig(StrictModel):
     username: str | None = Field(None, description="broker user")
     password: SecretStr | None = Field(None, description="broker password (never logged)")
     tls: TlsConfig | None = Field(None, description="TLS settings; absent: plain TCP")
-    client_id: str = Field("deepfake-stream", description="fixed: the broker keeps our QoS 1 session across reconnects")
+    client_id: str = Field(
+        "deepfake-stream", description="fixed: the broker keeps our QoS 1 session across reconnects; a replica of a fleet connects as <client_id>-<instance>"
+    )
     topic_prefix: Annotated[str, Field(pattern=r"^[^#+]+$")] = Field(
-        "deepfake", description="<prefix>/available, <prefix>/<stream>/{status,score,alert,alert/state,snapshot}"
+        "deepfake",
+        description="<prefix>/available (a fleet replica: <prefix>/instance/<instance>/available), <prefix>/<stream>/{status,score,alert,alert/state,snapshot}",
     )
     keepalive_s: Annotated[int, Field(gt=0)] = Field(30, description="MQTT keepalive")
     score_interval_s: Annotated[float, Field(ge=0)] = Field(1.0, description="at most one score message per stream this often")

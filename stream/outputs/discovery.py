@@ -12,6 +12,13 @@ HA subscribes in the middle of an episode) and use ``<prefix>/available`` (onlin
 including the MQTT last will) for availability, so HA greys the entities out when
 the analyzer dies.  The configs are retained and replayed by the publisher on
 every reconnect, so HA finds them whenever it (re)starts.
+
+A named instance (a replica of a sharded fleet) announces the streams it watches with
+its own availability topic, ``<prefix>/instance/<instance>/available``, and names itself
+in the device's ``hw_version`` (``instance deepfake-stream-2``).  The node id, config topics
+and unique ids come from the configured ``mqtt.client_id``, the fleet's, not the instance's:
+when a stream moves to another replica (the shard count changed), its new owner overwrites
+the same retained configs, and HA keeps one entity that now follows the new replica.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 from stream.outputs.config import DiscoveryConfig, MqttConfig
 from stream.outputs.publisher import Publisher
+from stream.outputs.topics import availability_topic
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +38,7 @@ ALERT_STATE_TEMPLATE = "{{ 'ON' if value_json.state == 'on' else 'OFF' }}"  # th
 
 
 def node_id(client_id: str) -> str:
-    """HA's node_id allows only ``[a-zA-Z0-9_-]``; derived from the MQTT client id so two analyzers differ."""
+    """HA's node_id allows only ``[a-zA-Z0-9_-]``; derived from the configured MQTT client id so two analyzers (fleets) differ."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", client_id) or "deepfake_stream"
 
 
@@ -42,26 +50,29 @@ def config_topic(discovery_prefix: str, component: str, node: str, obj: str) -> 
     return f"{discovery_prefix}/{component}/{node}/{obj}/config"
 
 
-def _device(node: str, stream: str) -> dict[str, Any]:
-    """One HA device per stream (a camera or feed), so its two entities group together."""
-    return {
+def _device(node: str, stream: str, instance: str | None) -> dict[str, Any]:
+    """One HA device per stream (a camera or feed), so its two entities group together; a named instance names itself."""
+    device = {
         "identifiers": [f"{node}_{object_id(stream, 'stream')}"],
         "name": f"Deepfake analyzer {stream}",
         "manufacturer": "deepfake-stream",
         "model": "DFDC-winner EfficientNet ensemble",
         "sw_version": SW_VERSION,
     }
+    if instance is not None:
+        device["hw_version"] = f"instance {instance}"  # the replica (GPU box) that watches this stream now
+    return device
 
 
-def _availability(topic_prefix: str) -> dict[str, Any]:
+def _availability(topic_prefix: str, instance: str | None) -> dict[str, Any]:
     return {
-        "availability_topic": f"{topic_prefix}/available",
+        "availability_topic": availability_topic(topic_prefix, instance),
         "payload_available": "online",
         "payload_not_available": "offline",
     }
 
 
-def score_sensor(stream: str, topic_prefix: str, node: str) -> dict[str, Any]:
+def score_sensor(stream: str, topic_prefix: str, node: str, instance: str | None = None) -> dict[str, Any]:
     """The ``sensor`` config: the running fakeness score; unitless, so no unit_of_measurement."""
     obj = object_id(stream, "score")
     return {
@@ -72,12 +83,12 @@ def score_sensor(stream: str, topic_prefix: str, node: str) -> dict[str, Any]:
         "state_class": "measurement",
         "suggested_display_precision": 3,
         "icon": "mdi:incognito",
-        "device": _device(node, stream),
-        **_availability(topic_prefix),
+        "device": _device(node, stream, instance),
+        **_availability(topic_prefix, instance),
     }
 
 
-def alert_binary_sensor(stream: str, topic_prefix: str, node: str) -> dict[str, Any]:
+def alert_binary_sensor(stream: str, topic_prefix: str, node: str, instance: str | None = None) -> dict[str, Any]:
     """The ``binary_sensor`` config: ON while an episode is open, from the retained alert state (attributes: id, since, score, peak)."""
     obj = object_id(stream, "alert")
     return {
@@ -89,44 +100,45 @@ def alert_binary_sensor(stream: str, topic_prefix: str, node: str) -> dict[str, 
         "payload_off": "OFF",
         "device_class": "problem",
         "json_attributes_topic": f"{topic_prefix}/{stream}/alert/state",
-        "device": _device(node, stream),
-        **_availability(topic_prefix),
+        "device": _device(node, stream, instance),
+        **_availability(topic_prefix, instance),
     }
 
 
-def discovery_messages(stream: str, discovery: DiscoveryConfig, mqtt: MqttConfig) -> dict[str, dict[str, Any]]:
-    """``{config topic: config payload}`` for one stream."""
+def discovery_messages(stream: str, discovery: DiscoveryConfig, mqtt: MqttConfig, instance: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{config topic: config payload}`` for one stream, as announced by ``instance`` (None: a lone analyzer)."""
     prefix = mqtt.topic_prefix.rstrip("/")
     node = node_id(mqtt.client_id)
     return {
-        config_topic(discovery.prefix, "sensor", node, object_id(stream, "score")): score_sensor(stream, prefix, node),
-        config_topic(discovery.prefix, "binary_sensor", node, object_id(stream, "alert")): alert_binary_sensor(stream, prefix, node),
+        config_topic(discovery.prefix, "sensor", node, object_id(stream, "score")): score_sensor(stream, prefix, node, instance),
+        config_topic(discovery.prefix, "binary_sensor", node, object_id(stream, "alert")): alert_binary_sensor(stream, prefix, node, instance),
     }
 
 
 class Discovery:
     """Announces each stream once to Home Assistant through the publisher's retained messages."""
 
-    def __init__(self, discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: Publisher) -> None:
+    def __init__(self, discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: Publisher, instance: str | None = None) -> None:
         self.discovery = discovery
         self.mqtt = mqtt
         self.publisher = publisher
+        self.instance = instance
         self.announced: set[str] = set()
 
     def announce(self, stream: str) -> None:
         if stream in self.announced:
             return
-        for topic, payload in discovery_messages(stream, self.discovery, self.mqtt).items():
+        for topic, payload in discovery_messages(stream, self.discovery, self.mqtt, self.instance).items():
             self.publisher.publish_retained(topic, payload, qos=1)
         self.announced.add(stream)
         log.info("Home Assistant discovery: announced stream %s under %s/", stream, self.discovery.prefix, extra={"stream": stream, "event": "discovery"})
 
 
-def start_discovery(discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: Publisher) -> Discovery | None:
-    """A Discovery when enabled and results go to a broker, else None."""
+def start_discovery(discovery: DiscoveryConfig, mqtt: MqttConfig, publisher: Publisher, instance: str | None = None) -> Discovery | None:
+    """A Discovery when enabled and results go to a broker, else None; ``instance`` names a replica of a fleet."""
     if not discovery.enabled:
         return None
     if not publisher.enabled:
         log.warning("Home Assistant discovery enabled but MQTT is disabled: nothing announced")
         return None
-    return Discovery(discovery, mqtt, publisher)
+    return Discovery(discovery, mqtt, publisher, instance)

@@ -8,6 +8,8 @@ topic                          QoS    retained  delivery
 ``<prefix>/available``         1      yes       ``online`` on every connect; ``offline`` on
                                                 :meth:`MqttPublisher.close` and, as the last
                                                 will, when the connection dies abruptly
+                                                (a named instance: ``<prefix>/instance/
+                                                <instance>/available``, see ``topics.py``)
 ``<prefix>/<stream>/status``   1      yes       latest per stream, replayed on reconnect
 ``<prefix>/<stream>/score``    0      no        at most one per ``score_interval_s`` per
                                                 stream, latest wins; dropped while offline
@@ -22,6 +24,10 @@ or a broker that lost its retained messages, learns whether an episode is open f
 retained ``alert/state`` instead.  After a reconnect only that state is re-sent: events are
 not replayed (a second ``start`` for one episode would read as a second episode); events
 raised while the broker was away are still delivered from the outbox.
+
+A named instance (``instance=``, a replica of a sharded fleet) also connects as
+``<client_id>-<instance>`` and adds ``"instance": <instance>`` to every JSON payload
+(status, score, alert, alert state), so a consumer sees which replica watches a stream.
 
 The ``publish_*`` methods are plain (non-async) calls that never block the
 detection pipeline: they record what must be sent and wake one sender task that
@@ -48,6 +54,7 @@ from typing import Any
 
 import aiomqtt
 
+from stream.outputs import topics
 from stream.outputs.config import MqttConfig, TlsConfig
 
 log = logging.getLogger(__name__)
@@ -113,7 +120,9 @@ class MqttPublisher:
         await publisher.close()   # flushes alerts, publishes offline, disconnects; run() returns
 
     ``initial_backoff_s`` is the first reconnect delay (doubling up to
-    ``cfg.reconnect_max_s``); tests pass a small value.
+    ``cfg.reconnect_max_s``); tests pass a small value.  ``instance`` names a
+    replica that shares the broker with its peers (see ``stream/outputs/topics.py``);
+    None publishes as a lone analyzer.
 
     Not thread-safe: call every method from the event loop's thread (from a worker
     thread, go through ``loop.call_soon_threadsafe``).  One publisher per
@@ -121,13 +130,15 @@ class MqttPublisher:
     the session over from the first.
     """
 
-    def __init__(self, cfg: MqttConfig, *, initial_backoff_s: float = 1.0) -> None:
+    def __init__(self, cfg: MqttConfig, *, initial_backoff_s: float = 1.0, instance: str | None = None) -> None:
         if initial_backoff_s <= 0:
             raise ValueError("initial_backoff_s must be positive")
         self._cfg = cfg
         self._initial_backoff_s = initial_backoff_s
         self._prefix = cfg.topic_prefix.rstrip("/")
-        self._available_topic = f"{self._prefix}/available"
+        self.instance = instance
+        self.client_id = topics.client_id(cfg.client_id, instance)
+        self.available_topic = topics.availability_topic(self._prefix, instance)
         self._tls_context = build_tls_context(cfg.tls) if cfg.tls is not None else None  # fail fast on bad paths
 
         # What must be sent. Only the sender task (inside run()) takes from these.
@@ -189,7 +200,7 @@ class MqttPublisher:
         (restart without persistence) and overwrites whatever an older instance left.
         """
         _check_stream(stream)
-        data = encode_json(payload)
+        data = encode_json(self._named(payload))
         self._status_version += 1
         self._statuses[stream] = (self._status_version, data)
         self._wakeup.set()
@@ -203,7 +214,7 @@ class MqttPublisher:
         Scores are dropped, not queued, while disconnected: stale scores are noise.
         """
         _check_stream(stream)
-        data = encode_json(payload)
+        data = encode_json(self._named(payload))
         if not self._connected:
             self.scores_dropped += 1
             return
@@ -219,7 +230,7 @@ class MqttPublisher:
         dropped with a warning naming it.
         """
         _check_stream(stream)
-        data = encode_json(payload)
+        data = encode_json(self._named(payload))
         self._alert_seq += 1
         alert = _Alert(self._alert_seq, stream, self.topic(stream, "alert"), data)
         if self._closed:
@@ -245,7 +256,11 @@ class MqttPublisher:
         Goes through :meth:`publish_retained`, so it is sent before queued alert events.
         """
         _check_stream(stream)
-        self.publish_retained(self.topic(stream, "alert/state"), payload, qos=1)
+        self.publish_retained(self.topic(stream, "alert/state"), self._named(payload), qos=1)
+
+    def _named(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The payload as sent: a named instance says which replica it came from."""
+        return payload if self.instance is None else {**payload, "instance": self.instance}
 
     def publish_snapshot(self, stream: str, jpeg: bytes) -> None:
         """QoS 0 raw JPEG, not retained; dropped while disconnected."""
@@ -338,11 +353,11 @@ class MqttPublisher:
             cfg.port,
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password is not None else None,
-            identifier=cfg.client_id,
+            identifier=self.client_id,
             clean_session=False,  # persistent session: the broker keeps our session across reconnects
             keepalive=cfg.keepalive_s,
             timeout=OPERATION_TIMEOUT_S,
-            will=aiomqtt.Will(self._available_topic, OFFLINE, qos=1, retain=True),
+            will=aiomqtt.Will(self.available_topic, OFFLINE, qos=1, retain=True),
             tls_context=self._tls_context,
             logger=_paho_log,
         )
@@ -367,7 +382,7 @@ class MqttPublisher:
             # Cancelled without close(): a clean DISCONNECT would suppress the last
             # will, so say offline ourselves (best effort) before disconnecting.
             with contextlib.suppress(Exception):
-                await client.publish(self._available_topic, OFFLINE, qos=1, retain=True, timeout=_OFFLINE_TIMEOUT_S)
+                await client.publish(self.available_topic, OFFLINE, qos=1, retain=True, timeout=_OFFLINE_TIMEOUT_S)
             await _exit_quietly(client)
             raise
         except BaseException as exc:
@@ -388,7 +403,7 @@ class MqttPublisher:
         log.info(
             "MQTT connected to %s as %r (%d status(es) to replay, %d alert(s) pending)",
             self._address(),
-            self._cfg.client_id,
+            self.client_id,
             len(self._statuses),
             self.pending_alerts,
         )
@@ -431,7 +446,7 @@ class MqttPublisher:
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         """The one place that publishes: online, statuses, alerts in order, snapshots, due scores."""
         loop = asyncio.get_running_loop()
-        await client.publish(self._available_topic, ONLINE, qos=1, retain=True)
+        await client.publish(self.available_topic, ONLINE, qos=1, retain=True)
         while True:
             # Cleared before looking at the queues, so a publish_*() during any await below
             # leaves it set and the wait at the bottom returns at once: no lost wake-ups.
@@ -456,7 +471,7 @@ class MqttPublisher:
                 continue
             next_score_at = await self._send_due_scores(client, loop.time())
             if self._close_requested.is_set():
-                await client.publish(self._available_topic, OFFLINE, qos=1, retain=True, timeout=_OFFLINE_TIMEOUT_S)
+                await client.publish(self.available_topic, OFFLINE, qos=1, retain=True, timeout=_OFFLINE_TIMEOUT_S)
                 return
             timeout = None if next_score_at is None else max(0.0, next_score_at - loop.time())
             with contextlib.suppress(TimeoutError):

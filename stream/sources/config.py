@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from detector.config import PositiveFloat, StrictModel
 
 STREAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# <prefix>/instance/<instance>/available is each replica's availability: no stream may own that topic level
+RESERVED_STREAM_NAMES = frozenset({"instance"})
 StreamName = Annotated[str, Field(pattern=STREAM_NAME_PATTERN)]
 Decoder = Literal["thread", "process"]
 
@@ -33,6 +35,13 @@ class StreamConfig(StrictModel):
     decoder: Decoder = Field("thread", description="thread: decode in this process; process: in a child process (many streams)")
     reconnect_min_s: PositiveFloat = Field(1.0, description="first reconnect delay; it doubles after each failed attempt")
     reconnect_max_s: PositiveFloat = Field(30.0, description="longest reconnect delay")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_STREAM_NAMES:
+            raise ValueError(f"{name!r} is reserved: <prefix>/{name}/<instance>/available carries each replica's availability")
+        return name
 
     @model_validator(mode="after")
     def _backoff_order(self) -> StreamConfig:

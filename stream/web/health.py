@@ -11,6 +11,11 @@ when the service does its job; 503 otherwise, with one line per reason in ``prob
   grace.  Each is named with the state's detail: ``stream cam2 reconnecting for 42 s
   (grace 30 s): rtsp://...: Connection refused``.
 
+A replica of a sharded fleet whose shard owns no stream (more replicas than cameras) has
+nothing to watch: it is ready (200) with a ``note`` saying so, else a StatefulSet with more
+pods than cameras would never finish rolling out.  ``shard`` says which part of the stream
+list this replica watches (index, count, instance, streams kept and left to other shards).
+
 Not problems: a stream disabled in the config (it is never started), a stream ``stopped``
 on purpose (the end of a file without ``loop``, the service stopping), and WHIP streams,
 which come and go with their publishers (``offline`` is their normal idle state; they still
@@ -27,6 +32,7 @@ from aiohttp import web
 
 from stream.outputs.publisher import Publisher
 from stream.registry import StreamHandle, StreamRegistry
+from stream.sharding import ShardPlan
 from stream.sources.base import StreamState
 
 DEFAULT_STREAM_GRACE_S = 30.0
@@ -34,12 +40,17 @@ WAITING_STATES = frozenset({StreamState.CONNECTING, StreamState.RECONNECTING})
 
 
 def add_routes(
-    app: web.Application, registry: StreamRegistry, publisher: Publisher, broker: str, stream_grace_s: float = DEFAULT_STREAM_GRACE_S
+    app: web.Application,
+    registry: StreamRegistry,
+    publisher: Publisher,
+    broker: str,
+    stream_grace_s: float = DEFAULT_STREAM_GRACE_S,
+    shard: ShardPlan | None = None,
 ) -> None:
-    """Register this module's routes; ``broker`` (``host:port``) names the configured broker in problems."""
+    """Register this module's routes; ``broker`` (``host:port``) names the configured broker in problems, ``shard`` this replica's share."""
 
     async def health(_: web.Request) -> web.Response:
-        body = health_report(registry, publisher, broker, stream_grace_s)
+        body = health_report(registry, publisher, broker, stream_grace_s, shard=shard)
         return web.json_response(body, status=200 if body["ok"] else 503)
 
     async def live(_: web.Request) -> web.Response:
@@ -50,7 +61,12 @@ def add_routes(
 
 
 def health_report(
-    registry: StreamRegistry, publisher: Publisher, broker: str, stream_grace_s: float = DEFAULT_STREAM_GRACE_S, now: float | None = None
+    registry: StreamRegistry,
+    publisher: Publisher,
+    broker: str,
+    stream_grace_s: float = DEFAULT_STREAM_GRACE_S,
+    now: float | None = None,
+    shard: ShardPlan | None = None,
 ) -> dict[str, Any]:
     """The /health body; ``ok`` decides 200 vs 503 and ``problems`` says why not (``now``: time.monotonic())."""
     now = time.monotonic() if now is None else now
@@ -64,7 +80,10 @@ def health_report(
         if problem is not None:
             stream_problems.append(problem)
     problems: list[str] = []
-    if not any(s["state"] == StreamState.STREAMING for s in streams.values()):
+    note = None
+    if shard is not None and shard.empty:
+        note = f"shard {shard.spec.index} of {shard.spec.count} owns none of the {len(shard.skipped)} configured stream(s): nothing to watch, ready by design"
+    elif not any(s["state"] == StreamState.STREAMING for s in streams.values()):
         problems.append("no stream is streaming" if streams else "no stream configured")
     if mqtt["enabled"] and not mqtt["connected"]:
         problems.append(f"MQTT broker {mqtt['broker']} is not connected")
@@ -74,10 +93,27 @@ def health_report(
         "status": "ok" if not problems else "unavailable",
         "live": True,
         "problems": problems,
+        "note": note,
         "uptime_s": round(time.time() - registry.started_at, 1),
         "stream_grace_s": stream_grace_s,
         "mqtt": mqtt,
+        "shard": None if shard is None else shard_report(shard),
         "streams": streams,
+    }
+
+
+def shard_report(shard: ShardPlan) -> dict[str, Any]:
+    """Which part of the stream list this replica watches, and under which name it publishes."""
+    spec = shard.spec
+    return {
+        "index": spec.index,
+        "count": spec.count,
+        "instance": spec.instance,
+        "named": shard.named,  # its own MQTT client id and availability topic
+        "source": spec.source,  # where the index came from: config, environment, pod-ordinal, default
+        "streams_kept": len(shard.kept),
+        "streams_skipped": len(shard.skipped),
+        "empty": shard.empty,
     }
 
 

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from detector.engine import BatchHook, InferenceEngine
 from stream.outputs.publisher import Publisher
 from stream.registry import StreamHandle, StreamRegistry
+from stream.sharding import ShardPlan
 from stream.sources.base import StreamState
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,11 @@ BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 class ServiceMetrics:
     """The registry behind one service's ``/metrics``."""
 
-    def __init__(self, registry: StreamRegistry, engine: InferenceEngine, publisher: Publisher) -> None:
+    def __init__(self, registry: StreamRegistry, engine: InferenceEngine, publisher: Publisher, shard: ShardPlan | None = None) -> None:
         self.streams = registry
         self.engine = engine
         self.publisher = publisher
+        self.shard = shard
         self.registry = CollectorRegistry(auto_describe=False)
         self.batch_frames = Histogram("deepfake_engine_batch_frames", "Frames per inference batch (cross-stream batching)", buckets=BATCH_BUCKETS, registry=None)
         self.batch_seconds = Histogram("deepfake_engine_batch_seconds", "Wall time of one inference batch (MTCNN + classifier)", buckets=BATCH_SECONDS_BUCKETS, registry=None)
@@ -113,6 +115,8 @@ class _LiveCollector(Collector):
         metrics = self.metrics
         metrics.sync_latencies()
         yield GaugeMetricFamily("deepfake_uptime_seconds", "Seconds since the service started", value=time.time() - metrics.streams.started_at)
+        if metrics.shard is not None:
+            yield from _shard_metrics(metrics.shard)
         yield from _stream_metrics(metrics.streams.handles(), dict(metrics.engine.stats.dropped))
         yield from metrics.latency.collect()
         yield from _engine_metrics(metrics.engine)
@@ -158,6 +162,16 @@ def _stream_metrics(handles: list[StreamHandle], engine_dropped: dict[str, int])
         if stats.last_score is not None:
             score.add_metric([name], float(stats.last_score))
     yield from (state, fps, decoded, sampled, dropped, scored, failed, faces, score, alerts, alert_active, reconnects)
+
+
+def _shard_metrics(shard: ShardPlan) -> Iterator[Metric]:
+    """Which shard this replica is, and its share: ``sum(deepfake_shard_streams)`` over a fleet is every enabled stream."""
+    spec = shard.spec
+    info = GaugeMetricFamily("deepfake_shard_info", "1, labelled with this replica's shard and instance name", labels=["instance", "index", "count"])
+    info.add_metric([spec.instance, str(spec.index), str(spec.count)], 1.0)
+    yield info
+    yield GaugeMetricFamily("deepfake_shard_streams", "Configured streams this replica's shard watches", value=len(shard.kept))
+    yield GaugeMetricFamily("deepfake_shard_streams_skipped", "Configured streams left to the other shards", value=len(shard.skipped))
 
 
 def _engine_metrics(engine: InferenceEngine) -> Iterator[Metric]:

@@ -21,9 +21,13 @@ Decisions:
   request never creates a peer connection.  ``DELETE`` needs the same token.
 * Capacity: ``whip.max_sessions`` concurrent sessions, the next offer gets ``503`` with
   ``Retry-After`` (the server is busy, not the client misbehaving, so not ``429``).
-* Status codes: invalid stream name ``400``; malformed offer ``400`` with a plain-text reason;
-  content type other than ``application/sdp`` ``415``; body over ``whip.max_sdp_bytes`` ``413``;
-  name of a configured URL stream or of a stream already being published ``409``.
+* Status codes: invalid stream name ``400`` (also the reserved ``instance``); malformed offer
+  ``400`` with a plain-text reason; content type other than ``application/sdp`` ``415``; body
+  over ``whip.max_sdp_bytes`` ``413``; name of a configured URL stream or of a stream already
+  being published ``409``.
+* Sharded fleets: a publisher is taken by whichever replica it reaches, but the name of a
+  configured stream is refused on every replica, also one whose shard does not watch it:
+  another replica publishes that stream's topics, and two sources under one name would mix.
 * ICE: host candidates only (no STUN/TURN: nothing outside may be reachable), gathered in full
   before answering.
 * Media: the first video track is analysed; other media sections are answered ``inactive`` so
@@ -54,7 +58,7 @@ from pydantic import SecretStr
 
 from stream.registry import StreamHandle, StreamRegistry
 from stream.sources.base import StreamState
-from stream.sources.config import STREAM_NAME_PATTERN
+from stream.sources.config import RESERVED_STREAM_NAMES, STREAM_NAME_PATTERN
 from stream.sources.webrtc import WebRtcSource
 from stream.web.config import WhipConfig
 
@@ -90,6 +94,8 @@ class Refused(Exception):
 def check_stream_name(name: str) -> None:
     if not STREAM_NAME_RE.fullmatch(name):
         raise Refused(400, "invalid stream name: use 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+    if name in RESERVED_STREAM_NAMES:
+        raise Refused(400, f"invalid stream name: {name!r} is reserved for the replicas' availability topics")
 
 
 def bearer_token(header: str | None) -> str | None:
