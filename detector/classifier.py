@@ -16,14 +16,11 @@ import torch
 from torch import nn
 
 from detector.aggregation import Strategy, confident_strategy
+from detector.errors import CheckpointError  # noqa: F401 - raised here; importable from here as before
 from detector.weights import DEFAULT_ENCODER
 
 # The winner's names (timm 0.1.x) map onto today's pretrained tags.
 LEGACY_ENCODER_NAMES = {f"tf_efficientnet_b{i}_ns": f"tf_efficientnet_b{i}.ns_jft_in1k" for i in range(8)}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be loaded into the configured classifier."""
 
 
 def canonical_encoder(name: str) -> str:

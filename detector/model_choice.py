@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from detector.classifier import CheckpointError, read_metadata
+from detector.classifier import read_metadata
 from detector.config import DetectorConfig
+from detector.errors import CheckpointError
 from detector.weights import PUBLISHED_CHECKPOINTS, download_command
 
 log = logging.getLogger(__name__)

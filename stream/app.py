@@ -23,8 +23,8 @@ from aiohttp import web
 
 from detector.aggregation import get_strategy
 from detector.build import build_engine
-from detector.classifier import CheckpointError
 from detector.engine import InferenceEngine
+from detector.errors import CheckpointError
 from stream.config import AppConfig
 from stream.outputs.discovery import Discovery, start_discovery
 from stream.outputs.mqtt import MqttPublisher

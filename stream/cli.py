@@ -45,7 +45,7 @@ def load_app_config(paths: Path | Sequence[Path] | None) -> AppConfig:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from detector.classifier import CheckpointError
+    from detector.errors import CheckpointError
     from stream.scan import collect_videos, scan
 
     cfg = load_app_config(args.config).detector
@@ -140,8 +140,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from detector.classifier import CheckpointError
     from detector.devices import resolve_device
+    from detector.errors import CheckpointError
     from training.layout import DatasetError
     from training.lite import WeightMappingError
     from training.prepare import dataset_for

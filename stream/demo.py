@@ -314,26 +314,37 @@ def logs_above(live: Live) -> Iterator[None]:
 async def run_demo(
     cfg: AppConfig, duration_s: float | None, broker_choice: BrokerChoice, console: Console | None = None, download: bool = True, launched: float | None = None
 ) -> DemoSummary:
-    """Broker (maybe), service, live table until ``duration_s`` or a signal; returns the summary."""
-    from stream.app import App, stop_on_signals
+    """Broker (maybe), service, live table until ``duration_s`` or a signal; returns the summary.
 
-    milestones = Milestones(launched if launched is not None else time.monotonic())
-
-    console = console or _console()
-    broker: EmbeddedBroker | None = None
-    if cfg.mqtt.enabled and broker_choice == "embedded":
-        broker = EmbeddedBroker("127.0.0.1", cfg.mqtt.port if explicit(cfg, "mqtt", "port") else 0)
-        await broker.start()
-        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"host": broker.host, "port": broker.port, "username": None, "password": None, "tls": None})})
-    broker_label = "disabled" if not cfg.mqtt.enabled else f"{'embedded' if broker else 'configured'} mqtt://{cfg.mqtt.host}:{cfg.mqtt.port}"
-    cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update={"port": demo_http_port(cfg)})})
-    print(f"{BROKER_PREFIX}{broker_label} (topics {cfg.mqtt.topic_prefix}/#)", flush=True)
-
+    The model stack (torch, torchvision, timm: most of the start-up on a small machine) loads in a
+    thread from the first moment, while the broker starts and the demo clip is built.
+    """
     from stream.sources.factory import prepare_demo_media
 
-    media = asyncio.create_task(asyncio.to_thread(prepare_demo_media, cfg.streams), name="demo-media")  # beside the model load
-    engine, weights_label = await asyncio.to_thread(build_engine, cfg, download)
-    await media
+    milestones = Milestones(launched if launched is not None else time.monotonic())
+    loading = asyncio.create_task(asyncio.to_thread(build_engine, cfg, download), name="demo-model")
+    media = asyncio.create_task(asyncio.to_thread(prepare_demo_media, cfg.streams), name="demo-media")
+    console = console or _console()
+    broker: EmbeddedBroker | None = None
+    try:
+        if cfg.mqtt.enabled and broker_choice == "embedded":
+            broker = EmbeddedBroker("127.0.0.1", cfg.mqtt.port if explicit(cfg, "mqtt", "port") else 0)
+            await broker.start()
+            cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"host": broker.host, "port": broker.port, "username": None, "password": None, "tls": None})})
+        broker_label = "disabled" if not cfg.mqtt.enabled else f"{'embedded' if broker else 'configured'} mqtt://{cfg.mqtt.host}:{cfg.mqtt.port}"
+        cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update={"port": demo_http_port(cfg)})})
+        print(f"{BROKER_PREFIX}{broker_label} (topics {cfg.mqtt.topic_prefix}/#)", flush=True)
+        engine, weights_label = await loading
+        await media
+    except BaseException:
+        for task in (loading, media):
+            with contextlib.suppress(BaseException):
+                await task  # a thread cannot be cancelled: let it finish, keep its error out of the log
+        if broker is not None:
+            await broker.stop()
+        raise
+    from stream.app import App, stop_on_signals
+
     app = App(cfg, engine=engine)
     stop_on_signals(app)
     started = time.monotonic()
@@ -395,7 +406,7 @@ def _summary(view: DemoView, broker_label: str, weights_label: str, seconds: flo
 
 def main(cfg: AppConfig, config_given: bool, duration_s: float | None, broker: BrokerChoice | None, download: bool = True, launched: float | None = None) -> int:
     """Entry point of ``deepfake-stream demo``; bad checkpoints are one line, exit 2."""
-    from detector.classifier import CheckpointError
+    from detector.errors import CheckpointError
 
     cfg = demo_config(cfg, config_given)
     choice, why = choose_broker(cfg, config_given, broker)

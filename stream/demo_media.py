@@ -21,12 +21,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SHARED_CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "clips"
-SHARED_DEMO_FAKE = SHARED_CLIPS / "nicoletmk-Fake2.mp4"  # a face swap (Elon Musk), 1280x720
-SHARED_DEMO_REAL = SHARED_CLIPS / "hdtf-RD_Radio34_000.mp4"  # a real talking head (HDTF), 512x512
+SHARED_DEMO_FAKE = SHARED_CLIPS / "wav2lip-kim_lip_synced.mp4"  # Wav2Lip + GFPGAN lip-sync, 1080p: the restored face is pasted back
+SHARED_DEMO_REAL = SHARED_CLIPS / "wav2lip-kim_7s_raw.mp4"  # the same clip as recorded
 DEMO_SEGMENT_S = 20.0  # long enough for the running score's window to fill with one kind
 DEMO_FPS = 25
-DEMO_SIZE = (640, 360)
-DEMO_VERSION = 2  # part of the cache name: bump when the clip's recipe changes
+DEMO_SIZE = (1280, 720)  # a 1080p source is cropped to its centre, not scaled: a scaled-down face loses the traces of the fake
+GENERATED_SIZE = (640, 360)
+DEMO_VERSION = 4  # part of the cache name: bump when the clip's recipe changes
 # where the astronaut's face is in the 512x512 photo (MTCNN): box and the 5 landmarks
 ASTRONAUT_FACE_BOX = (181, 62, 268, 172)
 
@@ -45,8 +46,8 @@ def astronaut_frame(height: int = 480, width: int | None = None, face_fraction: 
     return canvas
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 25, codec: str = "libx264") -> Path:
-    """Encode RGB frames into a real H.264 (yuv420p) file with PyAV."""
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 25, codec: str = "libx264", crf: int = 23) -> Path:
+    """Encode RGB frames into a real H.264 (yuv420p) file with PyAV; ``crf`` is x264's quality (lower: closer to the input)."""
     height, width = frames[0].shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
@@ -54,7 +55,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 25, codec: str 
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width - width % 2, height - height % 2
         stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(fps)}
+        stream.options = {"preset": "ultrafast", "g": str(fps), "crf": str(crf)}
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]), format="rgb24")
             for packet in stream.encode(frame):
@@ -105,8 +106,11 @@ def astronaut_forgery_frame(height: int = 360, shift: int = 0) -> np.ndarray:
 
 
 def _letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Fit ``image`` into ``size`` (width, height), keeping its aspect ratio, on black."""
+    """``image`` cropped to its centre ``size`` (width, height) when it is larger both ways, else fitted into it on black."""
     width, height = size
+    if image.shape[1] >= width and image.shape[0] >= height:
+        top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+        return np.ascontiguousarray(image[top : top + height, left : left + width])
     scale = min(width / image.shape[1], height / image.shape[0])
     new_w, new_h = max(int(image.shape[1] * scale) // 2 * 2, 2), max(int(image.shape[0] * scale) // 2 * 2, 2)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
@@ -117,48 +121,49 @@ def _letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _clip_frames(path: Path, seconds: float, fps: int, size: tuple[int, int]) -> list[np.ndarray]:
-    """``seconds`` of ``path`` at ``fps`` (frames repeated or skipped by pts; the clip restarts if shorter)."""
-    frames: list[np.ndarray] = []
+    """``seconds`` of ``path`` at ``fps`` (frames repeated or skipped by pts; a shorter clip plays again from its start).
+
+    The source is decoded once; a replay reuses its frames (a 1080p decode is the slow part on two cores).
+    """
     wanted = int(seconds * fps)
-    while len(frames) < wanted:
-        before = len(frames)
-        with av.open(str(path)) as container:
-            video = container.streams.video[0]
-            video.thread_type = "AUTO"
-            next_t = 0.0
-            for frame in container.decode(video):
-                t = float(frame.time or 0.0)
-                if t + 1e-6 < next_t:
-                    continue
-                image = _letterbox(frame.to_ndarray(format="rgb24"), size)
-                while next_t <= t + 1e-6 and len(frames) < wanted:
-                    frames.append(image)
-                    next_t += 1 / fps
-                if len(frames) >= wanted:
-                    break
-        if len(frames) == before:
-            raise ValueError(f"{path}: no decodable video frame")
-    return frames
+    one_pass: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        video.thread_type = "AUTO"
+        next_t = 0.0
+        for frame in container.decode(video):
+            t = float(frame.time or 0.0)
+            if t + 1e-6 < next_t:
+                continue
+            image = _letterbox(frame.to_ndarray(format="rgb24"), size)
+            while next_t <= t + 1e-6 and len(one_pass) < wanted:
+                one_pass.append(image)
+                next_t += 1 / fps
+            if len(one_pass) >= wanted:
+                break
+    if not one_pass:
+        raise ValueError(f"{path}: no decodable video frame")
+    return [one_pass[i % len(one_pass)] for i in range(wanted)]
 
 
 def demo_segments() -> tuple[str, list[Path] | None]:
     """(description, [fake clip, real clip]) from ../shared when both are there, else (description, None) for generated media."""
     if SHARED_DEMO_FAKE.is_file() and SHARED_DEMO_REAL.is_file():
-        return f"{SHARED_DEMO_FAKE.name} (face swap) then {SHARED_DEMO_REAL.name} (real)", [SHARED_DEMO_FAKE, SHARED_DEMO_REAL]
+        return f"{SHARED_DEMO_FAKE.name} (lip-sync fake) then {SHARED_DEMO_REAL.name} (its original)", [SHARED_DEMO_FAKE, SHARED_DEMO_REAL]
     return "a blend-forged astronaut then the real astronaut (generated)", None
 
 
 def build_demo_clip(path: Path, segment_s: float = DEMO_SEGMENT_S) -> Path:
-    """Write the demo clip: ``segment_s`` of fake, then ``segment_s`` of real, at 640x360, 25 fps."""
+    """Write the demo clip: ``segment_s`` of fake, then ``segment_s`` of real, at 25 fps."""
     _, clips = demo_segments()
     if clips is not None:
         frames = _clip_frames(clips[0], segment_s, DEMO_FPS, DEMO_SIZE) + _clip_frames(clips[1], segment_s, DEMO_FPS, DEMO_SIZE)
     else:
         count = int(segment_s * DEMO_FPS)
-        fake = [astronaut_forgery_frame(DEMO_SIZE[1], shift=int(20 * np.sin(i / 8))) for i in range(0, count, 5)]
-        real = [astronaut_frame(DEMO_SIZE[1], shift=int(20 * np.sin(i / 8))) for i in range(0, count, 5)]
+        fake = [astronaut_forgery_frame(GENERATED_SIZE[1], shift=int(20 * np.sin(i / 8))) for i in range(0, count, 5)]
+        real = [astronaut_frame(GENERATED_SIZE[1], shift=int(20 * np.sin(i / 8))) for i in range(0, count, 5)]
         frames = [f for f in fake for _ in range(5)][:count] + [f for f in real for _ in range(5)][:count]  # 5 fps motion, 25 fps video
-    return write_video(path, frames, fps=DEMO_FPS)
+    return write_video(path, frames, fps=DEMO_FPS, crf=16)  # near-lossless: the fake's traces must survive the re-encode
 
 
 def demo_clip(cache_dir: Path | None = None) -> Path:
@@ -171,3 +176,7 @@ def demo_clip(cache_dir: Path | None = None) -> Path:
         log.info("building the demo clip %s: %s", path, description)
         build_demo_clip(path)
     return path
+
+
+if __name__ == "__main__":  # `python -m stream.demo_media`: build the demo clip ahead (make demo's set-up)
+    print(demo_clip())

@@ -97,7 +97,7 @@ class ModelReplica:
 
     def __init__(self, detector_config: dict[str, Any]) -> None:
         from detector.build import build_predictor  # the one place the plain scan builds its models too
-        from detector.classifier import CheckpointError
+        from detector.errors import CheckpointError
 
         self.fatal = ""
         try:
@@ -132,7 +132,7 @@ def predictions_from_rows(rows: Sequence[Mapping[str, Any]], videos: Sequence[Pa
     Raises CheckpointError when a replica could not load its checkpoints, and
     RayScanError when a video's row is missing or doubled.
     """
-    from detector.classifier import CheckpointError
+    from detector.errors import CheckpointError
     from detector.pipeline import VideoPrediction
 
     fatal = next((row["error"] for row in rows if row["fatal"]), None)
@@ -170,7 +170,7 @@ def ray_scan(
     the one running here, ``ray://head:10001`` a remote cluster.  When Ray is
     already initialised in this process that instance is used and left running.
     """
-    from detector.classifier import CheckpointError
+    from detector.errors import CheckpointError
     from stream.scan import write_predictions
 
     for path in cfg.weight_paths():  # fail before the cluster spins up, with the plain scan's message
