@@ -8,9 +8,8 @@ Chromium on ``/`` and the DevTools ``Page.captureScreenshot`` after ``--seconds`
 - ``review``: the fake clip once, not looped: it alerts, then the file ends (``stopped``, episode closed)
 - ``entrance``: an RTSP camera nobody answers: ``reconnecting``
 
-There are no trained weights here, so the classifier is a random-init B0 whose last layer is fitted
-on the spot (as ``bench/soak.py`` does) to put the fake clip's faces near 0.95 and the real ones
-near 0.1: the picture shows the dashboard, not a detection.  Needs ``../shared/media/clips`` and
+The classifier is the embedded self-blended model (``detector/models/``; no winner's checkpoints
+are looked for), so what the cards show is its real detection on these clips.  Needs ``../shared/media/clips`` and
 Debian's ``chromium``.  About 3 minutes on 2 CPU cores:
 
     uv run --frozen python bench/dashboard_screenshot.py --out docs/dashboard.png
@@ -28,46 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detector.classifier import DeepFakeClassifier, save_checkpoint  # noqa: E402
-from detector.faces import FaceDetector  # noqa: E402
-from detector.preprocessing import normalize_batch, stack_crops  # noqa: E402
-from detector.video import read_evenly_spaced_frames  # noqa: E402
 from stream.app import App  # noqa: E402
 from stream.config import parse_config  # noqa: E402
 from tests.fixtures.browser import chromium, find_chromium  # noqa: E402
 
 CLIPS = ROOT.parent / "shared" / "media" / "clips"
 FAKE = "wav2lip-kim_lip_synced.mp4"
-REAL = {"lobby": "hdtf-RD_Radio2_000.mp4", "newsdesk": "liveportrait-d10.mp4"}
-ENCODER = "tf_efficientnet_b0.ns_jft_in1k"
-
-
-def fitted_checkpoint(path: Path, input_size: int, fake_logit: float = 3.0, real_logit: float = -2.2) -> None:
-    """A random-init B0 whose fc puts the fake clip's mean face logit at ``fake_logit`` and the real clips' at ``real_logit``."""
-    torch.manual_seed(0)
-    model = DeepFakeClassifier(ENCODER).eval()
-    detector = FaceDetector(device="cpu")
-
-    def features(clip: str) -> torch.Tensor:
-        frames = read_evenly_spaced_frames(CLIPS / clip, 8).frames
-        crops = [crop for faces in detector.detect(frames) for crop in faces.crops]
-        x = normalize_batch(stack_crops(crops, input_size), torch.device("cpu"), torch.float32, False)
-        with torch.no_grad():
-            return model.avg_pool(model.encoder.forward_features(x)).flatten(1)
-
-    fake = features(FAKE).mean(0)
-    real = torch.cat([features(clip) for clip in REAL.values()]).mean(0)
-    gap = fake - real
-    weight = gap / (gap @ gap) * (fake_logit - real_logit)
-    with torch.no_grad():
-        model.fc.weight.copy_(weight.unsqueeze(0))
-        model.fc.bias.fill_(float(fake_logit - weight @ fake))
-    save_checkpoint(model, path)
+REAL = {"lobby": "wav2lip-kim_7s_raw.mp4", "newsdesk": "retalking-5.mp4"}  # the fake's original, and a held-out talking head
 
 
 def closed_port() -> int:
@@ -87,9 +56,6 @@ def shrink_png(png: bytes, colors: int = 256) -> bytes:
 
 
 async def shoot(args: argparse.Namespace, work: Path) -> bytes:
-    checkpoint = work / "fitted-b0.pth"
-    print("fitting the B0's last layer on the clips ...", flush=True)
-    fitted_checkpoint(checkpoint, args.input_size)
     looped = {"loop": True, "realtime": True, "sample_fps": args.sample_fps}
     streams = [
         {"name": "studio-a", "url": str(CLIPS / FAKE), **looped},
@@ -100,8 +66,9 @@ async def shoot(args: argparse.Namespace, work: Path) -> bytes:
     ]
     cfg = parse_config(
         {
-            "detector": {"weights_dir": str(work), "weights": [checkpoint.name], "encoder": ENCODER, "device": "cpu", "input_size": args.input_size},
+            "detector": {"weights_dir": str(work / "no-winner-weights"), "device": "cpu"},  # the embedded model runs
             "streams": streams,
+            "health": {"stream_grace_s": 5},
             "mqtt": {"enabled": False},
             "http": {"port": 0},
             "engine": {"max_batch": 8, "max_wait_ms": 10},
@@ -138,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between the page's first paint and the screenshot")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1080)
-    parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--sample-fps", type=float, default=2.0)
     parser.add_argument("--colors", type=int, default=256, help="palette size of the PNG (0: keep Chromium's full-colour PNG)")
     parser.add_argument("--chromium", default=find_chromium())
