@@ -87,7 +87,7 @@ def main() -> int:
         print(f"{name:<16} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f}")
     report = {
         "label": args.label,
-        "command": prefix,
+        "command": [Path(prefix[0]).name, *prefix[1:]],  # the program, not this machine's path to it
         "runs": args.runs,
         "results": results,
         "loadavg_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},

@@ -42,6 +42,7 @@ from aiohttp import web
 from stream.alerts import AlertConfig
 from stream.recorder import HISTORY_S, RecorderView
 from stream.registry import StreamHandle, StreamRegistry
+from stream.web.sse import EventListeners, sse
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_EVENT_CLIENTS = 32
@@ -54,10 +55,6 @@ RETRY_MS = 2000  # EventSource reconnect delay
 EVENT_KIND = {"score": "score", "alert": "alert", "snapshot": "image"}  # recorder change -> SSE event
 
 
-def sse(event: str, payload: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload, default=str, separators=(',', ':'))}\n\n".encode()
-
-
 class Dashboard:
     """The page, its JSON and its event stream for one service."""
 
@@ -66,8 +63,13 @@ class Dashboard:
         self.recorder = recorder
         self.thresholds = {"alert": alerts.alert_threshold, "clear": alerts.clear_threshold}
         self.publish_page = publish_page
-        self.clients = 0
+        self.listeners = EventListeners(MAX_EVENT_CLIENTS)
         self._closing = asyncio.Event()
+
+    @property
+    def clients(self) -> int:
+        """Event streams open now."""
+        return self.listeners.count
 
     # ---- state ----------------------------------------------------------------------------------
     def status(self, handle: StreamHandle) -> dict[str, Any]:
@@ -126,18 +128,10 @@ class Dashboard:
         )  # fmt: skip
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        if self._closing.is_set() or self.clients >= MAX_EVENT_CLIENTS:
+        if self._closing.is_set() or self.listeners.full:
             reason = "service is stopping" if self._closing.is_set() else f"at most {MAX_EVENT_CLIENTS} dashboard listeners"
             return web.Response(status=503, text=reason + "\n", headers={"Retry-After": str(RETRY_AFTER_S)})
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.clients += 1
-        try:
-            await response.prepare(request)
-            with contextlib.suppress(ConnectionResetError):  # the page went away
-                await self._push(request, response)
-        finally:
-            self.clients -= 1
-        return response
+        return await self.listeners.serve(request, lambda response: self._push(request, response))
 
     async def _push(self, request: web.Request, response: web.StreamResponse) -> None:
         """A snapshot, then the recorder's changes and changed statuses, until the client or the service goes."""

@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -61,6 +60,7 @@ from stream.sources.base import StreamState
 from stream.sources.config import RESERVED_STREAM_NAMES, STREAM_NAME_PATTERN
 from stream.sources.webrtc import WebRtcSource
 from stream.web.config import WhipConfig
+from stream.web.sse import EventListeners, sse
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class WhipEndpoint:
         self.by_stream: dict[str, WhipSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
-        self._event_clients = 0
+        self._listeners = EventListeners(MAX_EVENT_CLIENTS)
 
     # ---- WHIP ----------------------------------------------------------------------------
     async def post(self, request: web.Request) -> web.Response:
@@ -354,22 +354,11 @@ class WhipEndpoint:
         stream = request.match_info["stream"]
         try:
             check_stream_name(stream)
-            if self._event_clients >= MAX_EVENT_CLIENTS:
+            if self._listeners.full:
                 raise Refused(503, "too many event listeners", {"Retry-After": str(RETRY_AFTER_S)})
         except Refused as exc:
             return refusal(exc)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                     "Access-Control-Allow-Origin": "*"},
-        )  # fmt: skip
-        self._event_clients += 1
-        try:
-            await response.prepare(request)
-            with contextlib.suppress(ConnectionResetError):  # the page went away
-                await self._push_events(response, stream)
-        finally:
-            self._event_clients -= 1
-        return response
+        return await self._listeners.serve(request, lambda response: self._push_events(response, stream), {"Access-Control-Allow-Origin": "*"})
 
     async def _push_events(self, response: web.StreamResponse, stream: str) -> None:
         last_score_time: object = None
@@ -389,10 +378,6 @@ class WhipEndpoint:
             return {"state": "unknown", "detail": "no such stream (yet)", "time": time.time()}, None
         snapshot = handle.pipeline.last_snapshot
         return self.streams.status_payload(handle), None if snapshot is None else {"stream": stream, **snapshot.to_payload()}
-
-
-def sse(event: str, payload: dict[str, object]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload, default=str)}\n\n".encode()
 
 
 async def index(request: web.Request) -> web.FileResponse:
