@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".ts", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
@@ -52,6 +51,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _count_frames(path: Path) -> int:
+    import av  # here, not at the top: the engine imports this package and must not need a decoder (GPU hosts without PyAV)
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         if stream.frames > 0:
@@ -61,6 +62,8 @@ def _count_frames(path: Path) -> int:
 
 def read_evenly_spaced_frames(path: str | Path, num_frames: int = 32) -> SampledFrames:
     """Decode the video once, keeping ``num_frames`` evenly spaced frames as RGB arrays."""
+    import av
+
     path = Path(path)
     if num_frames <= 0:
         raise ValueError("num_frames must be positive")
