@@ -1,6 +1,6 @@
 """GPU smoke test and throughput of SBI training, from a prepared dataset, without the service's CLI.
 
-The device machines of this workplace have torch, timm, OpenCV and scikit-learn but neither
+The device machines of this workplace have torch, timm and OpenCV but neither
 pydantic (the CLI's config) nor the Lite0 weights package: carry the dataset directory and the
 Lite0 ``.pth`` and run, from the repository root,
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-EPS = 1e-15
+from detector.metrics import log_loss, roc_auc
 
 
 class EvalInputError(ValueError):
@@ -164,34 +164,6 @@ def read_predictions(path: Path) -> dict[str, float]:
             raise EvalInputError(f"{path}:{line}: probability {value} is outside [0, 1]")
         preds[row["filename"]] = value
     return preds
-
-
-def log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """Binary log loss with probabilities clipped to [1e-15, 1 - 1e-15] (the DFDC metric)."""
-    p = np.clip(y_prob.astype(np.float64), EPS, 1 - EPS)
-    y = y_true.astype(np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    """Area under the ROC curve: the probability that a random positive outscores a random negative (ties count half).
-
-    Equal to scikit-learn's ``roc_auc_score`` for binary labels; needs both classes.
-    """
-    y = np.asarray(y_true).astype(bool)
-    scores = np.asarray(y_score, dtype=np.float64)
-    positives, negatives = int(y.sum()), int((~y).sum())
-    if positives == 0 or negatives == 0:
-        raise ValueError("ROC AUC needs both classes")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # runs of equal scores share the average of the 1-based ranks they span
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    u = ranks[y].sum() - positives * (positives + 1) / 2.0
-    return float(u / (positives * negatives))
 
 
 def evaluate(predictions: dict[str, float], labels: dict[str, int]) -> EvalResult:

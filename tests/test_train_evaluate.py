@@ -12,10 +12,10 @@ from training.evaluate import (
     EvaluationError,
     auc_from_counts,
     bootstrap_auc,
-    clipped_log_loss,
     evaluate_by_kind,
     format_table,
     held_out_reals,
+    log_loss,
     pairwise_wins,
 )
 
@@ -52,8 +52,8 @@ def test_one_class_is_refused() -> None:
 
 
 def test_constant_half_is_the_baseline_log_loss() -> None:
-    assert clipped_log_loss(np.r_[1, 0, 1], np.full(3, 0.5)) == pytest.approx(math.log(2))
-    assert clipped_log_loss(np.r_[1], np.r_[0.0]) == pytest.approx(-math.log(1e-15))  # clipped, finite
+    assert log_loss(np.r_[1, 0, 1], np.full(3, 0.5)) == pytest.approx(math.log(2))
+    assert log_loss(np.r_[1], np.r_[0.0]) == pytest.approx(-math.log(1e-15))  # clipped, finite
 
 
 LABELS = {

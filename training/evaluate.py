@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-PROB_EPS = 1e-15  # the DFDC metric's clipping, as `deepfake-stream eval`
+from detector.metrics import log_loss, roc_auc
+
 CONSTANT_LOG_LOSS = math.log(2.0)
 
 
@@ -44,12 +44,6 @@ class KindResult:
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
-
-
-def clipped_log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    q = np.clip(np.asarray(p, dtype=np.float64), PROB_EPS, 1 - PROB_EPS)
-    t = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(t * np.log(q) + (1 - t) * np.log(1 - q)))
 
 
 def pairwise_wins(fake_scores: np.ndarray, real_scores: np.ndarray) -> np.ndarray:
@@ -80,7 +74,7 @@ def bootstrap_auc(y: np.ndarray, p: np.ndarray, draws: int = 2000, seed: int = 0
     samples = auc_from_counts(pairwise_wins(fakes, reals), fake_counts, real_counts)
     tail = (1 - level) / 2
     low, high = np.quantile(samples, [tail, 1 - tail])
-    return AucEstimate(auc=float(roc_auc_score(y, p)), low=float(low), high=float(high), draws=draws)
+    return AucEstimate(auc=roc_auc(y, p), low=float(low), high=float(high), draws=draws)
 
 
 def held_out_reals(
@@ -121,7 +115,7 @@ def evaluate_by_kind(
         names = fakes + reals
         y = np.r_[np.ones(len(fakes)), np.zeros(len(reals))]
         p = np.array([predictions[n] for n in names])
-        rows.append(KindResult(kind, len(fakes), len(reals), bootstrap_auc(y, p, draws, seed), clipped_log_loss(y, p)))
+        rows.append(KindResult(kind, len(fakes), len(reals), bootstrap_auc(y, p, draws, seed), log_loss(y, p)))
     return rows
 
 

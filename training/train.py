@@ -23,17 +23,16 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from detector.classifier import DeepFakeClassifier, save_checkpoint
 from detector.devices import resolve_device
+from detector.metrics import log_loss, roc_auc
 from detector.preprocessing import normalize_batch
 from training.augment import PairAugmentConfig, augment_pairs, to_uint8
 from training.data import FaceCrops, read_index, split_by_identity
-from training.evaluate import clipped_log_loss
 from training.layout import SUMMARY_NAME
 from training.lite import LITE0_ENCODER, load_lite0_imagenet
 from training.sbi import SBIConfig, self_blend
@@ -152,12 +151,12 @@ def validate(model: nn.Module, val_set: FaceCrops, cfg: TrainConfig, device: tor
     p = 1 / (1 + np.exp(-z))
     temperature = fit_temperature(z, y) if cfg.calibrate else 1.0
     return {
-        "val_auc": float(roc_auc_score(y, p)),
-        "val_log_loss": clipped_log_loss(y, p),
+        "val_auc": roc_auc(y, p),
+        "val_log_loss": log_loss(y, p),
         "val_accuracy": float(np.mean((p > 0.5) == (y == 1))),
         "val_images": len(y),
         "temperature": temperature,
-        "val_log_loss_calibrated": clipped_log_loss(y, 1 / (1 + np.exp(-z / temperature))),
+        "val_log_loss_calibrated": log_loss(y, 1 / (1 + np.exp(-z / temperature))),
     }
 
 
@@ -170,7 +169,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """
 
     def loss(t: float) -> float:
-        return clipped_log_loss(labels, 1 / (1 + np.exp(-logits / t)))
+        return log_loss(labels, 1 / (1 + np.exp(-logits / t)))
 
     grid = np.exp(np.linspace(0.0, np.log(50.0), 60))
     best = float(grid[int(np.argmin([loss(t) for t in grid]))])
