@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -31,6 +31,7 @@ from stream.web import dashboard
 from stream.web.dashboard import DASHBOARD_KEY
 from tests.fixtures.browser import chromium, chromium_or_skip, until
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
+from tests.fixtures.sse import sse_events
 from tests.test_service import alerts, fast_stream, service_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -123,15 +124,9 @@ BOX_PIXEL = """(() => {
 
 
 async def sse_first_event(http: aiohttp.ClientSession, url: str) -> tuple[str, dict[str, Any]]:
-    async with asyncio.timeout(10), http.get(url) as response:
-        assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
-        kind = None
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: ") and kind is not None:
-                return kind, json.loads(line[6:])
+    async with asyncio.timeout(10), contextlib.aclosing(sse_events(http, url)) as events:
+        async for kind, payload in events:
+            return kind, payload
     raise AssertionError("no event")
 
 

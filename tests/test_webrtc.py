@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from stream.web.whip import WHIP_KEY, WhipEndpoint
 from tests.fixtures.browser import chromium, chromium_or_skip, until
 from tests.fixtures.media import TEST_ENCODER
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
+from tests.fixtures.sse import sse_events
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -162,17 +162,11 @@ def face_scores(seen, stream: str) -> list[dict]:  # type: ignore[no-untyped-def
 async def read_events(http: aiohttp.ClientSession, url: str, wanted: set[str], timeout: float = 10) -> dict[str, dict]:
     """Read server-sent events until one of each ``wanted`` kind arrived; the latest of each."""
     latest: dict[str, dict] = {}
-    async with asyncio.timeout(timeout), http.get(url) as response:
-        assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
-        event = None
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event is not None:
-                latest[event] = json.loads(line[6:])
-                if wanted <= latest.keys():
-                    return latest
+    async with asyncio.timeout(timeout), contextlib.aclosing(sse_events(http, url)) as events:
+        async for event, payload in events:
+            latest[event] = payload
+            if wanted <= latest.keys():
+                return latest
     raise AssertionError(f"event stream ended early: {latest}")
 
 
