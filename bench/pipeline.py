@@ -37,6 +37,7 @@ from detector.build import build_engine  # noqa: E402
 from detector.classifier import DeepFakeClassifier, Ensemble  # noqa: E402
 from detector.config import DetectorConfig, EngineConfig  # noqa: E402
 from detector.engine import InferenceEngine  # noqa: E402
+from detector.engine_pool import EnginePool  # noqa: E402
 from detector.faces import FaceDetector  # noqa: E402
 from detector.pipeline import faces_to_scores  # noqa: E402
 from detector.video import read_evenly_spaced_frames  # noqa: E402
@@ -55,6 +56,7 @@ class Utilisation:
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.gpu: list[float] = []
+        self.nvdec: list[float] = []
         self.cpu: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -81,15 +83,22 @@ class Utilisation:
                 self.cpu.append(100.0 * (busy1 - busy0) / (total1 - total0))
             busy0, total0 = busy1, total1
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
-                self.gpu.append(float(out.stdout.split()[0]))
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu,utilization.decoder", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5
+                )
+                rows = [[float(v) for v in line.split(",")] for line in out.stdout.strip().splitlines()]
+                self.gpu.append(float(np.mean([r[0] for r in rows])))
+                self.nvdec.append(float(np.mean([r[1] for r in rows])))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 pass
 
     def summary(self) -> dict[str, float | None]:
+        cores = os.cpu_count() or 1
         return {
             "gpu_util_pct": round(float(np.mean(self.gpu)), 1) if self.gpu else None,
+            "nvdec_util_pct": round(float(np.mean(self.nvdec)), 1) if self.nvdec else None,
             "cpu_util_pct": round(float(np.mean(self.cpu)), 1) if self.cpu else None,
+            "cpu_cores_busy": round(float(np.mean(self.cpu)) * cores / 100, 2) if self.cpu else None,
         }
 
 
@@ -218,6 +227,11 @@ def offline_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
             (f"batched x{args.max_batch} +gpu-resize +graphs +fast-mtcnn", lambda: run_batched(frames, det_half_fast, graphed, args.max_batch)),
             (f"batched x{args.max_batch} +gpu-resize +graphs +fast-mtcnn, size rule", lambda: run_batched(frames, det_size_fast, graphed, args.max_batch)),
         ]
+        if device.type == "cuda":
+            gpu_frames = [torch.from_numpy(f).to(device) for f in frames]  # as NVDEC hands them over
+            gpu_engine = InferenceEngine(det_size_fast, graphed, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=len(frames), detect_workers=args.detect_workers)
+            run_engine(gpu_frames[:16], gpu_engine)
+            variants.append((f"GPU-resident: frames on the GPU, GPU crops, pipelined engine ({args.detect_workers} detect workers), size rule", lambda: run_engine(gpu_frames, gpu_engine)))
         base = None
         for label, fn in variants:
             result = median_of(fn, args.repeats)
@@ -227,18 +241,30 @@ def offline_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
             rows.append(row)
             split = " ".join(f"{k.split('_')[0]} {result[k]:.0%}" for k in ("detect_share", "prepare_share", "classify_share") if k in result)
             print(f"  {models} model(s)  {label:62s} {result['frames_per_s']:8.1f} frames/s {result['faces_per_s']:8.1f} faces/s  x{row['speedup_vs_reference']:<5} {split}", flush=True)
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+        if device.type == "cuda":
+            gpu_engine.close()
+            torch.cuda.empty_cache()
     return rows
 
 
-async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -> dict[str, object]:
+def run_engine(frames: list[torch.Tensor], engine: InferenceEngine, streams: int = 32) -> dict[str, float]:
+    """The live engine on frames already on the GPU: every frame submitted at once across ``streams`` names, timed to the last score."""
+    sync()
+    start = time.perf_counter()
+    futures = [engine.submit(f"offline-{i % streams}", frame) for i, frame in enumerate(frames)]
+    faces = sum(len(f.result(timeout=600).faces) for f in futures)
+    seconds = time.perf_counter() - start
+    return {"frames_per_s": len(frames) / seconds, "faces_per_s": faces / seconds, "ms_per_frame": 1000 * seconds / len(frames), "faces": faces}
+
+
+async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | EnginePool) -> dict[str, object]:
     pipelines: list[StreamPipeline] = []
     sources: list[FrameSource] = []
     window, alerts = WindowConfig(), AlertConfig()
     for i in range(n):
         clip = args.clips / args.clip_names[i % len(args.clip_names)]
         cfg = StreamConfig(name=f"s{i}", url=str(clip), sample_fps=args.sample_fps, loop=True, realtime=True, decoder=args.decoder, skip_frames=args.skip_frames)
-        source = open_source(cfg)
+        source = open_source(cfg, device=engine.device_for(cfg.name))
         source.start()
         sources.append(source)
         pipelines.append(StreamPipeline(cfg.name, source, engine, NullPublisher(), window, alerts))
@@ -258,10 +284,14 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine) -
     frames = engine.stats.frames - frames0
     latencies = np.array([x for p in pipelines for x in p.latencies]) * 1000
     fps_in = float(np.mean([s.stats.fps_in for s in sources]))
+    decoders = sorted({str(s.stats.decoder) for s in sources})
     result = {
         "part": "live",
         "decoder": args.decoder,
+        "decoders_used": decoders,
         "skip_frames": args.skip_frames,
+        "models": args.live_models,
+        "gpus": args.gpus,
         "streams": n,
         "expected_samples_per_s": n * args.sample_fps,
         "samples_per_s": round(frames / seconds, 2),
@@ -310,11 +340,20 @@ def latency_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
     return rows
 
 
+def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngine | EnginePool:
+    """The shipped builder with random weights (no checkpoint), one engine per GPU asked for."""
+    devices = [torch.device("cuda", i) for i in range(args.gpus)] if device.type == "cuda" else [device]
+    engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=2, detect_workers=args.detect_workers)
+    engines = []
+    for d in devices:
+        ensemble = make_ensemble(args.encoder, args.live_models, d, d.type == "cuda", 380)
+        detector_cfg = DetectorConfig(device=str(d), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380)
+        engines.append(build_engine(detector_cfg, engine_cfg, ensemble=ensemble))
+    return engines[0] if len(engines) == 1 else EnginePool(engines)
+
+
 def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
-    ensemble = make_ensemble(args.encoder, 1, device, device.type == "cuda", 380)
-    detector_cfg = DetectorConfig(device=str(device), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380)
-    engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=2)
-    engine = build_engine(detector_cfg, engine_cfg, ensemble=ensemble)  # random weights: the shipped builder, no checkpoint
+    engine = live_engine(args, device)
     rows = []
     try:
         for n in args.streams:
@@ -325,7 +364,8 @@ def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, 
             print(
                 f"  {args.decoder:7s} {args.skip_frames:6s} N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} faces/s {row['faces_per_s']:7.1f} "
                 f"drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
-                f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% cpu {row['cpu_util_pct']}% mem {row['gpu_mem_peak_gib']} GiB{'  BEHIND' if behind else ''}",
+                f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% nvdec {row['nvdec_util_pct']}% cpu {row['cpu_cores_busy']} cores "
+                f"mem {row['gpu_mem_peak_gib']} GiB {row['decoders_used']}{'  BEHIND' if behind else ''}",
                 flush=True,
             )
             if behind:
@@ -349,7 +389,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
-    parser.add_argument("--decoder", choices=["thread", "process"], default="thread", help="decode each live stream in a thread or a child process")
+    parser.add_argument("--decoder", choices=["auto", "nvdec", "thread", "process"], default="auto", help="how live streams are decoded (see StreamConfig.decoder)")
+    parser.add_argument("--detect-workers", type=int, default=2, help="engine detection threads (CUDA)")
+    parser.add_argument("--gpus", type=int, default=1, help="live: one engine per GPU, streams placed by load")
+    parser.add_argument("--live-models", type=int, default=1, help="live: ensemble size (7 = the winner's full ensemble)")
     parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")
     parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "latency", "live"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")

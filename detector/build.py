@@ -12,6 +12,7 @@ from detector.aggregation import get_strategy
 from detector.classifier import DeepFakeClassifier, Ensemble
 from detector.config import DetectorConfig, EngineConfig
 from detector.engine import BatchHook, InferenceEngine
+from detector.engine_pool import EnginePool
 from detector.faces import FaceDetector, resolve_device
 from detector.model_choice import ModelChoice, choose_model
 from detector.pipeline import VideoPredictor
@@ -43,6 +44,16 @@ def build_ensemble(cfg: DetectorConfig, choice: ModelChoice | None = None) -> En
     return ensemble
 
 
+def engine_devices(cfg: DetectorConfig, engine: EngineConfig) -> list[str]:
+    """The devices to run an engine on: ``engine.devices``, where ``all`` means every visible GPU
+    when the detector may use CUDA (``device`` auto or cuda), else ``detector.device`` alone."""
+    if engine.devices != "all":
+        return list(engine.devices)
+    if cfg.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [cfg.device]
+
+
 def build_engine(
     cfg: DetectorConfig,
     engine: EngineConfig,
@@ -51,22 +62,33 @@ def build_engine(
     ensemble: Ensemble | None = None,
     input_size: int | None = None,
     on_batch: BatchHook | None = None,
-) -> InferenceEngine:
-    """The live inference worker for ``choice`` (default: ``choose_model(cfg)``); ``ensemble``/``input_size``
-    replace it outright (benchmarks with random weights)."""
-    if ensemble is None:
-        choice = choice or choose_model(cfg)
-        ensemble = build_ensemble(cfg, choice)
-        input_size = input_size or choice.input_size
+) -> InferenceEngine | EnginePool:
+    """The live inference engine for ``choice`` (default: ``choose_model(cfg)``), one per device of
+    ``engine_devices`` (several form a pool); ``ensemble``/``input_size`` replace the model outright
+    (benchmarks with random weights; one device)."""
+    if ensemble is not None:
+        return _engine(cfg, engine, ensemble, input_size or cfg.input_size, on_batch)
+    choice = choice or choose_model(cfg)
+    devices = engine_devices(cfg, engine)
+    engines = []
+    for device in devices:
+        device_cfg = cfg.model_copy(update={"device": device})
+        engines.append(_engine(device_cfg, engine, build_ensemble(device_cfg, choice), input_size or choice.input_size, on_batch))
+    return engines[0] if len(engines) == 1 else EnginePool(engines)
+
+
+def _engine(cfg: DetectorConfig, engine: EngineConfig, ensemble: Ensemble, input_size: int, on_batch: BatchHook | None) -> InferenceEngine:
     return InferenceEngine(
         build_detector(cfg),
         ensemble,
-        input_size=input_size or cfg.input_size,
+        input_size=input_size,
         max_batch=engine.max_batch,
         max_wait_ms=engine.max_wait_ms,
         max_pending_per_stream=engine.max_pending_per_stream,
         classify_batch=cfg.batch_size,
         on_batch=on_batch,
+        detect_workers=engine.detect_workers if ensemble.device.type == "cuda" else 1,
+        pipeline_depth=engine.pipeline_depth,
     )
 
 

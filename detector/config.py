@@ -83,3 +83,29 @@ class EngineConfig(StrictModel):
     max_pending_per_stream: Annotated[int, Field(gt=0)] = Field(
         4, description="samples a stream may have waiting; beyond it its oldest is dropped (counted)"
     )
+    devices: list[str] | Literal["all"] = Field(
+        "all",
+        description="GPUs to run on, one engine each, streams placed by load (e.g. [cuda:0, cuda:1]); all = every visible GPU "
+        "(only when detector.device is auto or cuda; otherwise detector.device alone)",
+    )
+    detect_workers: Annotated[int, Field(gt=0, le=16)] = Field(
+        2, description="CUDA: threads detecting batches side by side, so one batch's host work overlaps another's GPU work (CPU: 1 is used)"
+    )
+    pipeline_depth: Annotated[int, Field(gt=0, le=16)] = Field(2, description="detected batches that may wait for the classifier")
+    nvdec_sessions_per_gpu: Annotated[int, Field(gt=0, le=4096)] = Field(
+        512, description="NVDEC decoder sessions per GPU; streams beyond it decode on the CPU (logged)"
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, value: list[str] | str) -> list[str] | str:
+        if value == "all":
+            return value
+        if not value:
+            raise ValueError("list at least one device, or say all")
+        for device in value:
+            if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+                raise ValueError(f"{device!r}: each device must be 'cpu', 'cuda' or 'cuda:N'")
+        if len(set(value)) != len(value):
+            raise ValueError("a device is listed twice")
+        return value

@@ -90,7 +90,7 @@ class FaceDetector:
             keep_all=True,
         )
 
-    def _target_size(self, frame: np.ndarray) -> tuple[tuple[int, int], float]:
+    def _target_size(self, frame: np.ndarray | torch.Tensor) -> tuple[tuple[int, int], float]:
         height, width = frame.shape[:2]
         scale = detection_scale(width, height, self.rescale)
         return (max(int(width * scale), 1), max(int(height * scale), 1)), scale
@@ -110,19 +110,31 @@ class FaceDetector:
         x = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
         return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[FrameFaces]:
-        """Detect faces in RGB uint8 HWC frames (any mix of sizes)."""
+    def _shrink_device_frames(self, frames: Sequence[torch.Tensor], size: tuple[int, int], scale: float) -> torch.Tensor:
+        """Frames already on the GPU (NVDEC) are stacked and shrunk there: nothing crosses to the host."""
+        from detector.gpu_preprocessing import shrink_for_detection
+
+        batch = torch.stack([f.to(self.device) for f in frames])
+        return batch if scale == 1.0 else shrink_for_detection(batch, size)
+
+    def detect(self, frames: Sequence[np.ndarray | torch.Tensor]) -> list[FrameFaces]:
+        """Detect faces in RGB uint8 HWC frames (any mix of sizes; NumPy arrays or CUDA tensors).
+
+        Crops of a tensor frame are views of it, on its device.
+        """
         results: list[FrameFaces] = [FrameFaces() for _ in frames]
-        groups: dict[tuple[tuple[int, ...], tuple[int, int], float], list[int]] = defaultdict(list)
+        groups: dict[tuple[tuple[int, ...], tuple[int, int], float, bool], list[int]] = defaultdict(list)
         for i, frame in enumerate(frames):
-            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-                raise ValueError(f"frame {i}: expected uint8 HxWx3 RGB, got {frame.dtype} {frame.shape}")
+            is_tensor = isinstance(frame, torch.Tensor)
+            dtype_ok = frame.dtype == (torch.uint8 if is_tensor else np.uint8)
+            if frame.ndim != 3 or frame.shape[2] != 3 or not dtype_ok:
+                raise ValueError(f"frame {i}: expected uint8 HxWx3 RGB, got {frame.dtype} {tuple(frame.shape)}")
             size, scale = self._target_size(frame)
             if min(size) < self.mtcnn.min_face_size:  # below MTCNN's smallest pyramid level: no face fits
                 continue
-            groups[(frame.shape, size, scale)].append(i)
-        shrink = self._shrink_gpu if self.gpu_resize else self._shrink_cpu
-        for (_, size, scale), indices in groups.items():
+            groups[(tuple(frame.shape), size, scale, is_tensor)].append(i)
+        for (_, size, scale, is_tensor), indices in groups.items():
+            shrink = self._shrink_device_frames if is_tensor else self._shrink_gpu if self.gpu_resize else self._shrink_cpu
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start : start + self.max_batch]
                 with torch.inference_mode():
@@ -139,7 +151,7 @@ class FaceDetector:
         return results
 
     def _faces_in(
-        self, frame: np.ndarray, boxes: np.ndarray | None, probs: np.ndarray | None, scale: float, points: np.ndarray | None
+        self, frame: np.ndarray | torch.Tensor, boxes: np.ndarray | None, probs: np.ndarray | None, scale: float, points: np.ndarray | None
     ) -> FrameFaces:
         empty_landmarks = np.zeros((0, 5, 2), dtype=np.float32) if self.landmarks else None
         if boxes is None or probs is None:
@@ -150,7 +162,7 @@ class FaceDetector:
                 continue
             full = [int(b / scale) for b in box]
             crop = crop_with_margin(frame, full)
-            if crop.size == 0:
+            if crop.shape[0] == 0 or crop.shape[1] == 0:
                 continue
             kept_boxes.append(full)
             kept_probs.append(float(prob))

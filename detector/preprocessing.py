@@ -98,3 +98,10 @@ def normalize_batch(
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def to_host(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A frame or crop as a host array, for the rare uses that need pixels there (alert snapshots)."""
+    if isinstance(image, torch.Tensor):
+        return image.detach().cpu().numpy()
+    return image

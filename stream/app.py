@@ -23,7 +23,7 @@ from aiohttp import web
 
 from detector.aggregation import get_strategy
 from detector.build import build_engine
-from detector.engine import InferenceEngine
+from detector.engine_pool import Engine, EnginePool
 from detector.errors import CheckpointError
 from stream.config import AppConfig
 from stream.outputs.discovery import Discovery, start_discovery
@@ -33,6 +33,7 @@ from stream.recorder import Recorder
 from stream.service import StreamService
 from stream.sharding import ShardPlan
 from stream.sources.factory import prepare_demo_media
+from stream.sources.nvdec import SESSIONS
 from stream.web import dashboard, health, metrics, whip
 from stream.web.metrics import ServiceMetrics
 from stream.web.server import HttpServer
@@ -43,14 +44,14 @@ log = logging.getLogger(__name__)
 class App:
     """Every part of one running analyzer; ``engine``/``publisher``/``shard`` may be given ready-made (demo, tests, the CLI)."""
 
-    def __init__(self, cfg: AppConfig, engine: InferenceEngine | None = None, publisher: Publisher | None = None, shard: ShardPlan | None = None) -> None:
+    def __init__(self, cfg: AppConfig, engine: Engine | None = None, publisher: Publisher | None = None, shard: ShardPlan | None = None) -> None:
         self.cfg = cfg
         self._given_engine = engine
         self._given_publisher = publisher
         self.shard = shard
         self._mqtt_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
-        self.engine: InferenceEngine | None = None
+        self.engine: Engine | None = None
         self.publisher: Publisher | None = None
         self.service: StreamService | None = None
         self.metrics: ServiceMetrics | None = None
@@ -66,6 +67,7 @@ class App:
         log.debug("streams of this shard: %s", ", ".join(shard.kept) or "none")
         self.publisher = self._given_publisher or self._start_publisher(shard.instance)
         self.discovery = start_discovery(cfg.discovery, cfg.mqtt, self.publisher, shard.instance)
+        SESSIONS.limit = cfg.engine.nvdec_sessions_per_gpu
         self.service = StreamService(
             self.engine,
             self.publisher,
@@ -85,10 +87,11 @@ class App:
         self.service.start_configured(shard.spec.owns)
         return self.service
 
-    def _load_engine(self) -> InferenceEngine:
+    def _load_engine(self) -> Engine:
         det = self.cfg.detector
         engine = build_engine(det, self.cfg.engine)
-        log.info("classifier: %s on %s, input %d px", engine.ensemble.label, engine.ensemble.device, engine.input_size)
+        devices = ", ".join(str(e.device) for e in engine.engines) if isinstance(engine, EnginePool) else str(engine.device)
+        log.info("classifier: %s on %s, input %d px", engine.ensemble.label, devices, engine.input_size)
         return engine
 
     def _start_publisher(self, instance: str | None) -> Publisher:

@@ -36,7 +36,7 @@ from stream.outputs.publisher import Publisher
 from stream.sources.base import StreamState
 
 if TYPE_CHECKING:  # the demo's heavy parts (torch through the engine) load when it runs, not when it is imported
-    from detector.engine import InferenceEngine
+    from detector.engine_pool import Engine
     from stream.app import App
     from stream.registry import StreamRegistry
 
@@ -259,7 +259,7 @@ class DemoView:
 
     streams: StreamRegistry
     publisher: Publisher
-    engine: InferenceEngine
+    engine: Engine
 
 
 def render(view: DemoView, header: str, started: float, duration_s: float | None) -> Group:

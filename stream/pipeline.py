@@ -12,7 +12,9 @@ import cv2
 import numpy as np
 
 from detector.aggregation import Strategy, confident_strategy
-from detector.engine import EngineClosed, EngineError, FrameResult, InferenceEngine, SampleDropped
+from detector.engine import EngineClosed, EngineError, FrameResult, SampleDropped
+from detector.engine_pool import Engine
+from detector.preprocessing import to_host
 from stream.alerts import AlertConfig, AlertEvent, AlertTracker, alert_state_off
 from stream.logs import stream_log
 from stream.outputs.publisher import Publisher
@@ -55,7 +57,7 @@ class StreamPipeline:
         self,
         name: str,
         source: FrameSource,
-        engine: InferenceEngine,
+        engine: Engine,
         publisher: Publisher,
         window: WindowConfig,
         alerts: AlertConfig,
@@ -186,14 +188,14 @@ class StreamPipeline:
         index = most_suspicious([FaceScore((0, 0, 0, 0), f.score) for f in result.faces])
         if index is not None and self.recorder is not None:
             face = result.faces[index]
-            self.recorder.alert_frame(self.name, event.alert_id, event.time, face.score, frame.image, face.box)
+            self.recorder.alert_frame(self.name, event.alert_id, event.time, face.score, to_host(frame.image), face.box)
 
     def _publish_snapshot(self, result: FrameResult) -> None:
         index = most_suspicious([FaceScore((0, 0, 0, 0), f.score) for f in result.faces])
         if index is None:
             return
         try:
-            self.publisher.publish_snapshot(self.name, encode_jpeg(result.faces[index].crop))
+            self.publisher.publish_snapshot(self.name, encode_jpeg(to_host(result.faces[index].crop)))
         except ValueError as exc:
             self._log.warning("stream %s: snapshot not sent: %s", self.name, exc)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from detector.aggregation import Strategy, confident_strategy
-from detector.engine import InferenceEngine
+from detector.engine_pool import Engine
 from stream.alerts import AlertConfig
 from stream.logs import stream_log
 from stream.outputs.publisher import Publisher
@@ -36,7 +36,7 @@ class StreamService:
 
     def __init__(
         self,
-        engine: InferenceEngine,
+        engine: Engine,
         publisher: Publisher,
         *,
         window: WindowConfig,
@@ -93,7 +93,7 @@ class StreamService:
             if handle_ref:
                 self.set_state(handle_ref[0], state, detail)
 
-        source = open_source(stream_cfg, on_state)
+        source = open_source(stream_cfg, on_state, device=self.engine.device_for(stream_cfg.name))
         handle = self._add(stream_cfg.name, "url", source, owns_source=True)
         handle_ref.append(handle)
         source.start()

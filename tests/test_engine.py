@@ -28,19 +28,46 @@ def ensemble(fake_checkpoint: Path) -> Ensemble:
 
 
 def test_batches_across_streams(detector: FaceDetector, ensemble: Ensemble) -> None:
+    """Frames that wait while the engine is busy go together in the next batch, whatever their stream."""
     sizes: list[int] = []
+    gate = threading.Event()
+    original = detector.detect
+
+    def held_detect(frames):  # hold the worker on its first batch while the others arrive
+        gate.wait(30)
+        return original(frames)
+
+    detector.detect = held_detect  # type: ignore[method-assign]
     engine = InferenceEngine(detector, ensemble, max_batch=8, max_wait_ms=300, on_batch=lambda f, n, s: sizes.append(f))
     try:
+        first = engine.submit("warmup", astronaut_frame(240))
+        time.sleep(0.2)  # the worker has taken it
         frames = [astronaut_frame(360, shift=10 * i) for i in range(6)]
         futures = [engine.submit(f"cam{i % 3}", frame) for i, frame in enumerate(frames)]
+        gate.set()
+        first.result(timeout=60)
         results: list[FrameResult] = [f.result(timeout=60) for f in futures]
     finally:
+        detector.detect = original  # type: ignore[method-assign]
         engine.close()
-    assert sizes == [6]  # one batch for three streams
+    assert sizes == [1, 6]  # one batch for three streams
     assert all(len(r.faces) == 1 for r in results)
     assert all(r.faces[0].score == pytest.approx(1 / (1 + math.exp(-6)), abs=1e-4) for r in results)
     assert results[0].faces[0].box != results[5].faces[0].box
-    assert engine.stats.frames == 6 and engine.stats.faces == 6
+    assert engine.stats.frames == 7 and engine.stats.faces == 7
+
+
+def test_a_lone_stream_does_not_wait_for_company(detector: FaceDetector, ensemble: Ensemble) -> None:
+    """Once every known stream has a frame waiting, the batch goes without sitting out max_wait_ms."""
+    engine = InferenceEngine(detector, ensemble, max_batch=8, max_wait_ms=5_000)
+    try:
+        engine.submit("only", astronaut_frame(240)).result(timeout=60)  # warm-up
+        started = time.monotonic()
+        result = engine.submit("only", astronaut_frame(240, shift=5)).result(timeout=60)
+    finally:
+        engine.close()
+    assert len(result.faces) == 1
+    assert time.monotonic() - started < 4.0  # far below the 5 s it would wait for company
 
 
 def test_frames_without_faces_resolve_empty(detector: FaceDetector, ensemble: Ensemble) -> None:

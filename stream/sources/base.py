@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-import numpy as np
-
 FPS_WINDOW_S = 3.0  # fps_in is measured over this many seconds of decoding
 
 
@@ -40,7 +38,7 @@ FEED_LOST_STATES = frozenset({StreamState.RECONNECTING, StreamState.FAILED, Stre
 class SampledFrame:
     """One sampled frame: RGB pixels plus both the stream's clock and ours."""
 
-    image: np.ndarray  # RGB uint8, H x W x 3
+    image: Any  # RGB uint8, H x W x 3: a NumPy array, or a CUDA tensor from NVDEC (stays on the GPU)
     pts_s: float  # presentation time in seconds (continues across file loops; restarts on reconnect)
     arrival_monotonic: float  # time.monotonic() when decoded
     arrival_wall: float  # time.time() when decoded
@@ -60,6 +58,7 @@ class SourceStats:
     last_error: str | None
     width: int | None
     height: int | None
+    decoder: str | None = None  # "cpu", "nvdec:<gpu>", or None before the first connection (WebRTC: its own)
 
     @classmethod
     def empty(cls, state: StreamState = StreamState.CONNECTING) -> SourceStats:

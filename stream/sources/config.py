@@ -12,7 +12,7 @@ STREAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # <prefix>/instance/<instance>/available is each replica's availability: no stream may own that topic level
 RESERVED_STREAM_NAMES = frozenset({"instance"})
 StreamName = Annotated[str, Field(pattern=STREAM_NAME_PATTERN)]
-Decoder = Literal["thread", "process"]
+Decoder = Literal["auto", "nvdec", "thread", "process"]
 
 
 class StreamConfig(StrictModel):
@@ -32,7 +32,11 @@ class StreamConfig(StrictModel):
     skip_frames: Literal["none", "nonref", "nonkey"] = Field(
         "none", description="nonref: do not decode frames no other frame refers to; nonkey: decode keyframes only"
     )
-    decoder: Decoder = Field("thread", description="thread: decode in this process; process: in a child process (many streams)")
+    decoder: Decoder = Field(
+        "auto",
+        description="auto: nvdec when the engine runs on CUDA and PyNvVideoCodec works, else thread; nvdec: the GPU's hardware decoder "
+        "(H.264/H.265, frames stay on the GPU; others fall back to thread, logged); thread: FFmpeg in this process; process: FFmpeg in a child process",
+    )
     reconnect_min_s: PositiveFloat = Field(1.0, description="first reconnect delay; it doubles after each failed attempt")
     reconnect_max_s: PositiveFloat = Field(30.0, description="longest reconnect delay")
 

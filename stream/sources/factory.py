@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+from stream.logs import stream_log
 from stream.sources.base import FrameSource, StateCallback
 from stream.sources.config import StreamConfig
+
+log = logging.getLogger(__name__)
 
 DEMO_URL = "demo:"
 
@@ -27,8 +31,12 @@ def prepare_demo_media(streams: Sequence[StreamConfig]) -> None:
         demo_clip()
 
 
-def open_source(cfg: StreamConfig, on_state: StateCallback | None = None) -> FrameSource:
-    """A source for ``cfg`` (already resolved), decoding where its ``decoder`` says; not started yet."""
+def open_source(cfg: StreamConfig, on_state: StateCallback | None = None, device: object = None) -> FrameSource:
+    """A source for ``cfg`` (already resolved), decoding where its ``decoder`` says; not started yet.
+
+    ``device`` is where the engine analyses this stream's frames: NVDEC is used only on a CUDA
+    device (its frames stay there), on that same GPU.
+    """
     backoff = {"backoff_min_s": cfg.reconnect_min_s, "backoff_max_s": cfg.reconnect_max_s}
     if cfg.decoder == "process":
         from stream.sources.process import ProcessVideoSource
@@ -36,4 +44,22 @@ def open_source(cfg: StreamConfig, on_state: StateCallback | None = None) -> Fra
         return ProcessVideoSource(cfg, on_state, **backoff)
     from stream.sources.url import VideoSource
 
-    return VideoSource(cfg, on_state, **backoff)
+    return VideoSource(cfg, on_state, nvdec_gpu=nvdec_gpu(cfg, device), **backoff)
+
+
+def nvdec_gpu(cfg: StreamConfig, device: object) -> int | None:
+    """The GPU whose NVDEC decodes this stream, or None for the CPU (``nvdec`` asked in vain says why)."""
+    if cfg.decoder not in ("nvdec", "auto"):
+        return None
+    kind, _, index = str(device).partition(":")
+    if kind != "cuda":
+        reason = f"the engine runs on {device or 'cpu'}, so frames would have to cross to the host"
+    else:
+        from stream.sources.nvdec import nvdec_available
+
+        reason = nvdec_available()
+        if reason is None:
+            return int(index or 0)
+    if cfg.decoder == "nvdec":
+        stream_log(log, cfg.name).warning("stream %s: decoder nvdec unavailable (%s); decoding on the CPU", cfg.name, reason, extra={"event": "nvdec_fallback"})
+    return None

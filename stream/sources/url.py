@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import av
 import av.error
+import numpy as np
 
 from stream.logs import stream_log
 from stream.sampler import FrameSampler
@@ -130,6 +132,7 @@ class VideoSource:
         *,
         backoff_min_s: float = 1.0,
         backoff_max_s: float = 30.0,
+        nvdec_gpu: int | None = None,
     ) -> None:
         if not 0 < backoff_min_s <= backoff_max_s:
             raise ValueError("need 0 < backoff_min_s <= backoff_max_s")
@@ -175,6 +178,10 @@ class VideoSource:
         self._height: int | None = None
         self._fps = FpsWindow()
         self._streaming_since: float | None = None
+        self._nvdec_gpu = nvdec_gpu  # decode on this GPU's NVDEC when the stream allows it
+        self._frames: _FrameDecoder | None = None  # this connection's decoder
+        self._decoder_name: str | None = None
+        self._nvdec_refusal: str | None = None  # the last reason NVDEC could not take this stream
 
     # ------------------------------------------------------------------ async API (event loop)
     @property
@@ -256,6 +263,7 @@ class VideoSource:
                 last_error=self._last_error,
                 width=self._width,
                 height=self._height,
+                decoder=self._decoder_name,
             )
 
     def _emit(self, state: StreamState, detail: str | None) -> None:
@@ -414,8 +422,7 @@ class VideoSource:
                 message = f"{self._safe_url}: no video stream"
                 raise FatalSourceError(message) if target.is_file else SourceError(message)
             video = container.streams.video[0]
-            if self.cfg.skip_frames != "none":  # decode less at low sample rates: frames nothing refers to
-                video.codec_context.skip_frame = self.cfg.skip_frames.upper()
+            self._frames = self._open_decoder(video)
             last_frame_at = time.monotonic()
             try:
                 for packet in container.demux():
@@ -445,6 +452,9 @@ class VideoSource:
             if not target.is_file and time.monotonic() - last_frame_at >= 0.95 * self._read_timeout_s:
                 raise _Stalled(self._stall_message())  # FFmpeg reports an interrupted read as EOF
         finally:
+            if self._frames is not None:
+                self._frames.close()
+                self._frames = None
             container.close()
 
     def _stall_message(self) -> str:
@@ -452,10 +462,32 @@ class VideoSource:
             return f"{self._safe_url}: no frame for {self.cfg.watchdog_s:g} s (watchdog)"
         return f"{self._safe_url}: no data for {self._read_timeout_s:g} s (read timeout)"
 
-    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+    def _open_decoder(self, video: av.video.stream.VideoStream) -> _FrameDecoder:
+        """NVDEC when this source was given a GPU and the stream suits it, else FFmpeg on the CPU.
+
+        A refusal (codec, pixel format, size, no free session) is logged once per reason and
+        asked again at the next connection, when a session may have become free.
+        """
+        if self._nvdec_gpu is not None:
+            from stream.sources.nvdec import NvdecDecoder, NvdecUnavailable
+
+            try:
+                decoder: _FrameDecoder = NvdecDecoder(video, self._nvdec_gpu, self.cfg.skip_frames)
+            except NvdecUnavailable as exc:
+                if str(exc) != self._nvdec_refusal:
+                    self._nvdec_refusal = str(exc)
+                    self._log(logging.WARNING, "nvdec_fallback", "%s; decoding on the CPU instead", exc)
+            else:
+                self._decoder_name = f"nvdec:{self._nvdec_gpu}"
+                return decoder
+        self._decoder_name = "cpu"
+        return _CpuDecoder(video, self.cfg.skip_frames)
+
+    def _decode(self, packet: av.Packet) -> list[Any]:
         """Decode one packet; a corrupt packet costs its frames, not the connection."""
+        assert self._frames is not None
         try:
-            return packet.decode()  # type: ignore[return-value]
+            return self._frames.decode(packet)
         except av.error.InvalidDataError as exc:
             self._log(logging.DEBUG, "decode_error", "skipping undecodable packet (%s)", exc.strerror)
             return []
@@ -471,7 +503,8 @@ class VideoSource:
             self._fps.record(now)
         if not sampler.accept(pts_s):
             return
-        image = frame.to_ndarray(format="rgb24")
+        assert self._frames is not None
+        image = self._frames.to_image(frame)  # only sampled frames pay for RGB
         with self._lock:
             sampled = SampledFrame(image, pts_s, now, wall, self._frames_sampled)
             self._frames_sampled += 1
@@ -499,6 +532,35 @@ class VideoSource:
         if password and len(password) >= 3:
             text = text.replace(password, "***")
         return text
+
+
+class _FrameDecoder(Protocol):
+    """Turns one connection's packets into pictures (with ``time``, ``width``, ``height``) and sampled ones into RGB."""
+
+    def decode(self, packet: av.Packet) -> list[Any]: ...
+
+    def to_image(self, frame: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class _CpuDecoder:
+    """FFmpeg's software decoder; ``skip_frames`` maps to its ``skip_frame`` (non-reference or non-key pictures)."""
+
+    def __init__(self, video: av.video.stream.VideoStream, skip_frames: str) -> None:
+        if skip_frames != "none":  # decode less at low sample rates: frames nothing refers to
+            video.codec_context.skip_frame = skip_frames.upper()
+
+    @staticmethod
+    def decode(packet: av.Packet) -> list[av.VideoFrame]:
+        return packet.decode()  # type: ignore[return-value]
+
+    @staticmethod
+    def to_image(frame: av.VideoFrame) -> np.ndarray:
+        return frame.to_ndarray(format="rgb24")
+
+    def close(self) -> None:
+        pass
 
 
 class _Timeline:

@@ -22,7 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from detector.engine import BatchHook, InferenceEngine
+from detector.engine import BatchHook
+from detector.engine_pool import Engine
 from stream.outputs.publisher import Publisher
 from stream.registry import StreamHandle, StreamRegistry
 from stream.sharding import ShardPlan
@@ -40,7 +41,7 @@ BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 class ServiceMetrics:
     """The registry behind one service's ``/metrics``."""
 
-    def __init__(self, registry: StreamRegistry, engine: InferenceEngine, publisher: Publisher, shard: ShardPlan | None = None) -> None:
+    def __init__(self, registry: StreamRegistry, engine: Engine, publisher: Publisher, shard: ShardPlan | None = None) -> None:
         self.streams = registry
         self.engine = engine
         self.publisher = publisher
@@ -174,7 +175,7 @@ def _shard_metrics(shard: ShardPlan) -> Iterator[Metric]:
     yield GaugeMetricFamily("deepfake_shard_streams_skipped", "Configured streams left to the other shards", value=len(shard.skipped))
 
 
-def _engine_metrics(engine: InferenceEngine) -> Iterator[Metric]:
+def _engine_metrics(engine: Engine) -> Iterator[Metric]:
     s = engine.stats
     yield GaugeMetricFamily("deepfake_engine_queue_depth", "Samples waiting for the inference worker", value=engine.queue_depth())
     yield CounterMetricFamily("deepfake_engine_batches", "Inference batches run", value=s.batches)
@@ -185,7 +186,7 @@ def _engine_metrics(engine: InferenceEngine) -> Iterator[Metric]:
     yield GaugeMetricFamily("deepfake_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated on the engine's device (0 on CPU)", value=_gpu_memory(engine))
 
 
-def _gpu_memory(engine: InferenceEngine) -> float:
+def _gpu_memory(engine: Engine) -> float:
     device = engine.ensemble.device
     if device.type != "cuda":
         return 0.0

@@ -1,0 +1,220 @@
+"""The GPU-resident path on a real GPU: NVDEC source, GPU crops, pipelined engine, faults.
+
+Skipped without CUDA (as in CI) and, for the NVDEC tests, without a working PyNvVideoCodec;
+run on the lent H100, results committed under bench/results/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from detector.classifier import DeepFakeClassifier, Ensemble
+from detector.engine import InferenceEngine, SampleDropped
+from detector.faces import FaceDetector
+from stream.demo_media import astronaut_frame, write_video
+from stream.sources.config import StreamConfig
+from stream.sources.factory import open_source
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+ENCODER = "tf_efficientnet_b0.ns_jft_in1k"
+CLIPS = Path(__file__).resolve().parents[2] / "shared" / "media" / "clips"
+
+
+def nvdec_or_skip() -> None:
+    from stream.sources.nvdec import nvdec_available
+
+    reason = nvdec_available()
+    if reason:
+        pytest.skip(reason)
+
+
+def clip(tmp_path: Path, codec: str = "libx264", frames: int = 50, height: int = 360, params: str = "") -> Path:
+    path = tmp_path / f"astronaut-{codec}-{height}.mp4"
+    images = [astronaut_frame(height, shift=int(20 * np.sin(i / 8))) for i in range(frames)]
+    if codec == "libx264" and not params:
+        return write_video(path, images, fps=25)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height = images[0].shape[1] - images[0].shape[1] % 2, height
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "fast", ("x265-params" if codec == "libx265" else "x264-params"): params or "log-level=error"}
+        for image in images:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:, : stream.width]), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+async def sampled_frames(cfg: StreamConfig, device: str | None, limit: int = 100) -> tuple[list, object]:
+    source = open_source(cfg, device=device)
+    source.start()
+    frames = []
+    while len(frames) < limit and (frame := await source.next_frame()) is not None:
+        frames.append(frame)
+    stats = source.stats
+    await source.stop()
+    return frames, stats
+
+
+def cpu_reference(path: Path) -> dict[float, np.ndarray]:
+    with av.open(str(path)) as container:
+        return {round(float(f.time), 3): f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_nvdec_frames_stay_on_the_gpu_and_match_ffmpeg(tmp_path: Path, codec: str) -> None:
+    nvdec_or_skip()
+    path = clip(tmp_path, codec)
+    cfg = StreamConfig(name="cam", url=str(path), sample_fps=5, decoder="nvdec")
+    frames, stats = asyncio.run(sampled_frames(cfg, "cuda:0"))
+    assert stats.decoder == "nvdec:0"
+    assert len(frames) == 10  # 2 s at 5 samples/s
+    reference = cpu_reference(path)
+    for frame in frames:
+        assert isinstance(frame.image, torch.Tensor) and frame.image.is_cuda and frame.image.dtype == torch.uint8
+        expected = reference[round(frame.pts_s, 3)]
+        diff = np.abs(frame.image.cpu().numpy().astype(np.int16) - expected.astype(np.int16))
+        assert diff.mean() < 2.5, diff.mean()
+
+
+def test_nvdec_skips_non_reference_pictures(tmp_path: Path) -> None:
+    nvdec_or_skip()
+    path = clip(tmp_path, "libx264", params="bframes=3:b-pyramid=none:keyint=25")
+    all_frames, full = asyncio.run(sampled_frames(StreamConfig(name="a", url=str(path), sample_fps=5, decoder="nvdec"), "cuda:0"))
+    some_frames, thin = asyncio.run(sampled_frames(StreamConfig(name="b", url=str(path), sample_fps=5, decoder="nvdec", skip_frames="nonref"), "cuda:0"))
+    assert thin.frames_decoded < full.frames_decoded
+    assert len(some_frames) >= len(all_frames) - 2  # still about every sample asked for
+
+
+def test_unsupported_stream_falls_back_to_cpu_with_a_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    nvdec_or_skip()
+    path = clip(tmp_path, "mpeg4")
+    caplog.set_level(logging.WARNING)
+    frames, stats = asyncio.run(sampled_frames(StreamConfig(name="old", url=str(path), sample_fps=5, decoder="nvdec"), "cuda:0"))
+    assert stats.decoder == "cpu" and len(frames) == 10
+    assert isinstance(frames[0].image, np.ndarray)
+    assert any("mpeg4" in r.getMessage() and "CPU" in r.getMessage() for r in caplog.records)
+
+
+def test_out_of_sessions_sends_the_next_stream_to_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    nvdec_or_skip()
+    from stream.sources.nvdec import SESSIONS
+
+    path = clip(tmp_path)
+    caplog.set_level(logging.WARNING)
+    limit = SESSIONS.limit
+    SESSIONS.limit = SESSIONS.in_use(0)  # every session taken
+    try:
+        frames, stats = asyncio.run(sampled_frames(StreamConfig(name="late", url=str(path), sample_fps=5, decoder="nvdec"), "cuda:0"))
+    finally:
+        SESSIONS.limit = limit
+    assert stats.decoder == "cpu" and len(frames) == 10
+    assert any("NVDEC sessions" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failing_decoder_session_is_recreated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nvdec_or_skip()
+    from stream.sources import nvdec
+
+    path = clip(tmp_path, frames=100)
+    calls = {"n": 0}
+    original = nvdec.NvdecDecoder.decode
+
+    def failing_once(self, packet):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise RuntimeError("CUDA_ERROR_LAUNCH_FAILED (simulated)")
+        return original(self, packet)
+
+    monkeypatch.setattr(nvdec.NvdecDecoder, "decode", failing_once)
+    url = f"http://127.0.0.1:{serve(path)}/{path.name}"  # a network source reconnects (a file would fail for good)
+    cfg = StreamConfig(name="flaky", url=url, sample_fps=5, decoder="nvdec", reconnect_min_s=0.1, reconnect_max_s=0.2)
+    frames, stats = asyncio.run(sampled_frames(cfg, "cuda:0", limit=15))
+    assert stats.reconnects >= 1 and stats.decoder == "nvdec:0"
+    assert len(frames) == 15
+
+
+def serve(path: Path) -> int:
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+@pytest.fixture(scope="module")
+def engine_parts() -> tuple[FaceDetector, Ensemble]:
+    torch.manual_seed(0)
+    model = DeepFakeClassifier(ENCODER)
+    with torch.no_grad():
+        model.fc.weight.mul_(2e5)  # spread the scores so a comparison means something
+    return FaceDetector("cuda", fast_mtcnn=True, gpu_resize=True), Ensemble([model], torch.device("cuda"))
+
+
+def test_gpu_frames_score_like_host_frames(engine_parts: tuple[FaceDetector, Ensemble]) -> None:
+    detector, ensemble = engine_parts
+    engine = InferenceEngine(detector, ensemble, max_wait_ms=0, detect_workers=2)
+    try:
+        frames = [astronaut_frame(h, shift=s) for h, s in ((1080, 0), (720, 40), (360, -30))]
+        host = [engine.submit("host", f).result(timeout=120) for f in frames]
+        gpu = [engine.submit("gpu", torch.from_numpy(f).cuda()).result(timeout=120) for f in frames]
+    finally:
+        engine.close()
+    for h, g in zip(host, gpu, strict=True):
+        assert len(h.faces) == len(g.faces) == 1
+        assert h.faces[0].box == g.faces[0].box
+        assert abs(h.faces[0].score - g.faces[0].score) < 0.05
+        assert g.faces[0].crop.is_cuda  # the crop stays a view of the GPU frame
+
+
+def test_out_of_memory_splits_the_batch(engine_parts: tuple[FaceDetector, Ensemble], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real CUDA OOM: the classifier may hold at most 4 faces at once; a 16-frame batch still gets scored."""
+    detector, ensemble = engine_parts
+    original = ensemble.predict
+
+    def bounded(x: torch.Tensor) -> np.ndarray:
+        if x.shape[0] > 4:
+            torch.empty(1 << 50, device="cuda")  # raises torch.OutOfMemoryError, as a too large batch would
+        return original(x)
+
+    monkeypatch.setattr(ensemble, "predict", bounded)
+    engine = InferenceEngine(detector, ensemble, max_batch=16, max_wait_ms=500, detect_workers=1)
+    try:
+        futures = [engine.submit(f"s{i}", torch.from_numpy(astronaut_frame(360, shift=i)).cuda()) for i in range(16)]
+        results = [f.result(timeout=120) for f in futures]
+    finally:
+        engine.close()
+    assert all(len(r.faces) == 1 for r in results)
+    assert engine.stats.oom_splits >= 2 and engine.stats.failed_batches == 0
+
+
+def test_pipelined_engine_overlaps_and_loses_nothing(engine_parts: tuple[FaceDetector, Ensemble]) -> None:
+    detector, ensemble = engine_parts
+    engine = InferenceEngine(detector, ensemble, max_batch=8, max_wait_ms=5, detect_workers=2, max_pending_per_stream=64)
+    try:
+        frames = [torch.from_numpy(astronaut_frame(720, shift=i % 40)).cuda() for i in range(64)]
+        started = time.monotonic()
+        futures = [engine.submit(f"s{i % 8}", f) for i, f in enumerate(frames)]
+        results = []
+        for f in futures:
+            try:
+                results.append(f.result(timeout=120))
+            except SampleDropped:
+                pytest.fail("a sample was dropped")
+        wall = time.monotonic() - started
+    finally:
+        engine.close()
+    assert len(results) == 64 and all(len(r.faces) == 1 for r in results)
+    assert engine.stats.detect_s + engine.stats.classify_s > wall * 0.5  # stages were busy while the wall clock ran
