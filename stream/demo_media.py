@@ -47,7 +47,10 @@ def astronaut_frame(height: int = 480, width: int | None = None, face_fraction: 
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 25, codec: str = "libx264", crf: int = 23) -> Path:
-    """Encode RGB frames into a real H.264 (yuv420p) file with PyAV; ``crf`` is x264's quality (lower: closer to the input)."""
+    """Encode RGB frames into a real yuv420p file with PyAV: H.264 by default, H.265 with ``codec="libx265"``.
+
+    ``crf`` is the encoder's quality (lower: closer to the input); a keyframe every ``fps`` frames.
+    """
     height, width = frames[0].shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
@@ -56,6 +59,8 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 25, codec: str 
         stream.width, stream.height = width - width % 2, height - height % 2
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "ultrafast", "g": str(fps), "crf": str(crf)}
+        if codec == "libx265":
+            stream.options = {**stream.options, "x265-params": "log-level=error"}  # x265 logs every setting to stderr by default
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]), format="rgb24")
             for packet in stream.encode(frame):
@@ -66,11 +71,15 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 25, codec: str 
     return path
 
 
-def astronaut_video(path: Path, seconds: float = 2.0, fps: int = 25, height: int = 360) -> Path:
-    """A talking-head-like clip: the astronaut drifting slowly left and right."""
+def astronaut_video_frames(seconds: float = 2.0, fps: int = 25, height: int = 360) -> list[np.ndarray]:
+    """The frames of ``astronaut_video``: the astronaut drifting slowly left and right."""
     count = max(int(seconds * fps), 1)
-    frames = [astronaut_frame(height, shift=int(20 * np.sin(i / 8))) for i in range(count)]
-    return write_video(path, frames, fps=fps)
+    return [astronaut_frame(height, shift=int(20 * np.sin(i / 8))) for i in range(count)]
+
+
+def astronaut_video(path: Path, seconds: float = 2.0, fps: int = 25, height: int = 360, codec: str = "libx264") -> Path:
+    """A talking-head-like clip: the astronaut drifting slowly left and right."""
+    return write_video(path, astronaut_video_frames(seconds, fps, height), fps=fps, codec=codec)
 
 
 def blend_forgery(image: np.ndarray, box: tuple[int, int, int, int], strength: float = 1.0, seed: int = 0) -> np.ndarray:

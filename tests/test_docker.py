@@ -105,6 +105,25 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
     return result
 
 
+def dockerfile_env(instructions: list[Instruction]) -> dict[str, str]:
+    """The environment the ENV lines set (``KEY=value`` pairs; later lines win)."""
+    env: dict[str, str] = {}
+    for instruction in instructions:
+        if instruction.keyword == "ENV":
+            for token in shlex.split(instruction.args):
+                key, _, value = token.partition("=")
+                env[key] = value
+    return env
+
+
+def compose_env(service: dict[str, Any]) -> dict[str, str]:
+    """A service's ``environment:``, in its mapping or its ``KEY=value`` list form."""
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.partition("=")[::2] for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
 def mosquitto_conf() -> dict[str, str]:
     pairs = (line.split(None, 1) for line in (DOCKER / "mosquitto" / "mosquitto.conf").read_text().splitlines() if line.strip() and not line.startswith("#"))
     return {key: value.strip() for key, value in pairs}
@@ -137,6 +156,21 @@ def test_compose_services_ports_volumes_and_gpu(compose: dict[str, Any]) -> None
             assert PurePosixPath(target).is_absolute()
         for dependency in service.get("depends_on", {}):
             assert dependency in services
+
+
+def test_image_and_compose_ask_for_the_driver_video_capability(compose: dict[str, Any]) -> None:
+    """NVDEC's library (libnvcuvid) is mounted into a container only with the driver's ``video`` capability."""
+    wanted = {"compute", "utility", "video"}  # CUDA, nvidia-smi, NVDEC
+    image_env = dockerfile_env(final_stage(dockerfile_instructions()))
+    assert set(image_env["NVIDIA_DRIVER_CAPABILITIES"].split(",")) == wanted
+    analyzer = compose["services"]["analyzer"]
+    assert set(compose_env(analyzer)["NVIDIA_DRIVER_CAPABILITIES"].split(",")) == wanted
+    # Docker sets the variable to the driver capabilities a GPU reservation lists (moby's setNvidiaGPUs),
+    # over the ones above: the reservation must list none, or all of them.
+    driver_capabilities = {"compute", "compat32", "graphics", "utility", "video", "display"}
+    for device in analyzer["deploy"]["resources"]["reservations"]["devices"]:
+        listed = set(device["capabilities"]) & driver_capabilities
+        assert not listed or listed >= wanted, device
 
 
 def test_compose_commands_parse_with_our_cli(compose: dict[str, Any], tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from stream.config import StreamConfig
-from stream.sources.base import SampledFrame, SourceState
+from stream.sources.base import FrameSource, SampledFrame, SourceState
+from stream.sources.config import Decoder
+from stream.sources.factory import open_source
 from stream.sources.url import VideoSource, ffmpeg_options, redact_url
-from tests.fixtures.media import astronaut_frame, astronaut_video
+from tests.fixtures.media import astronaut_frame, astronaut_video, astronaut_video_frames
 from tests.fixtures.rtsp import RtspServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -58,7 +60,7 @@ async def running(
         await source.stop()
 
 
-async def wait_state(source: VideoSource, state: SourceState, timeout: float) -> float:
+async def wait_state(source: FrameSource, state: SourceState, timeout: float) -> float:
     """Seconds until ``source`` is in ``state``; fails after ``timeout``."""
     started = time.monotonic()
     while source.state != state:
@@ -75,7 +77,7 @@ async def read_all(source: VideoSource, timeout: float = 10.0) -> list[SampledFr
     return frames
 
 
-async def frames_for(source: VideoSource, seconds: float) -> list[SampledFrame]:
+async def frames_for(source: FrameSource, seconds: float) -> list[SampledFrame]:
     frames: list[SampledFrame] = []
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
@@ -86,6 +88,19 @@ async def frames_for(source: VideoSource, seconds: float) -> list[SampledFrame]:
         assert frame is not None
         frames.append(frame)
     return frames
+
+
+@functools.cache
+def _astronaut_reference() -> list[np.ndarray]:
+    return [frame.astype(np.int16) for frame in astronaut_video_frames()]
+
+
+def astronaut_errors(frame: SampledFrame) -> tuple[float, float]:
+    """Mean absolute difference of a sampled frame of the 2 s, 25 fps astronaut clip (looped) to the
+    source picture shown at its pts, read as RGB and as BGR: lossy coding keeps the first small."""
+    expected = _astronaut_reference()[round(frame.pts_s * 25) % 50]
+    image = frame.image.astype(np.int16)
+    return float(np.abs(image - expected).mean()), float(np.abs(image[..., ::-1] - expected).mean())
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +268,25 @@ async def test_slow_consumer_gets_newest_frame_and_drops_are_counted(astronaut_c
     assert received[-1].index == 49  # the newest frame is never the one dropped
 
 
+async def test_h265_file_with_nonref_skipping_decodes_fewer_frames_for_the_same_samples(astronaut_hevc_clip: Path) -> None:
+    """x265's B-frames nothing refers to are not decoded at 2 samples/s; the samples are the same pictures."""
+    runs = {}
+    for skip in ("none", "nonref"):
+        async with running(str(astronaut_hevc_clip), sample_fps=2, skip_frames=skip) as source:
+            runs[skip] = (await read_all(source), source.stats)
+    (full, full_stats), (skipped, skipped_stats) = runs["none"], runs["nonref"]
+    assert full_stats.frames_decoded == 50
+    assert 10 <= skipped_stats.frames_decoded <= 0.6 * 50  # 26 with x265's ultrafast GOP
+    assert len(full) == len(skipped) == 4  # 2 s at 2 samples/s either way
+    assert [round(f.pts_s, 2) for f in full] == [0.0, 0.52, 1.0, 1.52]  # the first picture at or after each 0.5 s slot
+    for a, b in zip(full, skipped, strict=True):
+        assert 0 <= b.pts_s - a.pts_s < 0.1  # the next decoded picture at most
+        assert b.image.shape == (360, 640, 3)
+        rgb_error, bgr_error = astronaut_errors(b)
+        assert rgb_error < 3 < 8 < bgr_error, (b.pts_s, rgb_error, bgr_error)
+    assert (skipped_stats.width, skipped_stats.height) == (640, 360)
+
+
 async def test_missing_file_fails_without_retrying(tmp_path: Path) -> None:
     path = tmp_path / "nope.mp4"
     states = StateLog()
@@ -408,6 +442,35 @@ async def test_rtsp_stream_end_to_end(rtsp_server: Callable[..., RtspServer]) ->
     assert frames[-1].pts_s > 4.0  # past the clip's end: the loop is seamless
     assert 18 <= stats.fps_in <= 35  # the clip's 25 fps, measured
     assert (stats.width, stats.height, stats.reconnects) == (640, 360, 0)
+
+
+@pytest.mark.parametrize("decoder", ["thread", "process"])
+async def test_rtsp_h265_stream_with_either_cpu_decoder(decoder: Decoder, rtsp_server: Callable[..., RtspServer], astronaut_hevc_clip: Path) -> None:
+    """Many IP cameras send H.265 by default: both CPU decoders stream it at its size, at the sample rate, with its picture."""
+    server = rtsp_server(astronaut_hevc_clip)
+    states = StateLog()
+    cfg = StreamConfig(name="cam", url=server.url, sample_fps=5, decoder=decoder, reconnect_min_s=0.1, reconnect_max_s=0.4)
+    source = open_source(cfg, states)
+    assert type(source).__name__ == {"thread": "VideoSource", "process": "ProcessVideoSource"}[decoder]
+    source.start()
+    try:
+        await wait_state(source, SourceState.STREAMING, 10)
+        frames = await frames_for(source, 2.5)
+        stats = source.stats
+    finally:
+        await source.stop()
+    assert states.events[:2] == [(SourceState.CONNECTING, None), (SourceState.STREAMING, None)]
+    assert states.states[-1] == SourceState.STOPPED
+    assert (stats.width, stats.height, stats.reconnects, stats.last_error) == (640, 360, 0, None)  # 360 is not a multiple of x265's 16 px CUs: cropped
+    assert len(frames) >= 12
+    assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + len(frames)))
+    assert np.allclose(np.diff([f.pts_s for f in frames]), 0.2, atol=0.01)  # 5 samples per second of video
+    assert 4.5 <= stats.frames_decoded / stats.frames_sampled <= 5.0  # 1 in 5 of the 25 fps decoded
+    assert frames[-1].pts_s > 2.2  # into the clip's second pass: the server's loop with B-frames is seamless
+    for frame in frames:
+        assert frame.image.shape == (360, 640, 3) and frame.image.dtype == np.uint8
+        rgb_error, bgr_error = astronaut_errors(frame)
+        assert rgb_error < 3 < 8 < bgr_error, (frame.pts_s, rgb_error, bgr_error)
 
 
 async def test_rtsp_server_restart_reconnects_and_frames_flow_again(rtsp_server: Callable[..., RtspServer]) -> None:
