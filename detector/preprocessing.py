@@ -17,15 +17,39 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def crop_with_margin(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
-    """Crop ``box`` (xmin, ymin, xmax, ymax) plus a third of its size per side, clipped."""
+def margin_bounds(box: Sequence[int], height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of ``box`` (xmin, ymin, xmax, ymax) plus a third of its size per side, clipped.
+
+    One home for the integer arithmetic, shared by the CPU crop and the GPU path.
+    """
     xmin, ymin, xmax, ymax = box
     p_w = (xmax - xmin) // 3
     p_h = (ymax - ymin) // 3
-    height, width = frame.shape[:2]
     top, left = max(ymin - p_h, 0), max(xmin - p_w, 0)
     bottom, right = min(max(ymax + p_h, 0), height), min(max(xmax + p_w, 0), width)
+    return top, bottom, left, right
+
+
+def crop_with_margin(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
+    """Crop ``box`` (xmin, ymin, xmax, ymax) plus a third of its size per side, clipped."""
+    top, bottom, left, right = margin_bounds(box, *frame.shape[:2])
     return frame[top:bottom, left:right]
+
+
+def isotropic_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(new_height, new_width) that ``isotropically_resize_image`` gives: unchanged when the longer side is ``size``.
+
+    The longer side becomes ``size``; the other is ``int()``-truncated, at least 1, as in the reference.
+    """
+    if max(width, height) == size:
+        return height, width
+    if width > height:
+        scale = size / width
+        new_h, new_w = height * scale, size
+    else:
+        scale = size / height
+        new_w, new_h = width * scale, size
+    return max(int(new_h), 1), max(int(new_w), 1)
 
 
 def isotropically_resize_image(
@@ -44,14 +68,8 @@ def isotropically_resize_image(
         raise ValueError(f"cannot resize an empty image of shape {img.shape}")
     if max(w, h) == size:
         return img
-    if w > h:
-        scale = size / w
-        new_h, new_w = h * scale, size
-    else:
-        scale = size / h
-        new_w, new_h = w * scale, size
-    interpolation = interpolation_up if scale > 1 else interpolation_down
-    new_w, new_h = max(int(new_w), 1), max(int(new_h), 1)
+    new_h, new_w = isotropic_shape(h, w, size)
+    interpolation = interpolation_up if size > max(w, h) else interpolation_down  # the reference's ``scale > 1``
     return cv2.resize(img, (new_w, new_h), interpolation=interpolation)
 
 
