@@ -19,6 +19,7 @@ from PIL import Image
 
 from detector.devices import resolve_device
 from detector.fast_mtcnn import detect_fast
+from detector.gpu_preprocessing import shrink_for_detection
 from detector.preprocessing import crop_with_margin
 
 DEFAULT_THRESHOLDS = (0.7, 0.8, 0.8)
@@ -106,9 +107,7 @@ class FaceDetector:
         batch = torch.from_numpy(np.stack(frames)).to(self.device)
         if scale == 1.0:
             return batch
-        x = batch.permute(0, 3, 1, 2).float()
-        x = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
-        return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return shrink_for_detection(batch, size)
 
     def _shrink_device_frames(self, frames: Sequence[torch.Tensor], size: tuple[int, int], scale: float) -> torch.Tensor:
         """Frames already on the GPU (NVDEC) are stacked and shrunk there: nothing crosses to the host."""

@@ -1,8 +1,9 @@
 """Face crop -> classifier input, exactly as the DFDC winner prepared it.
 
-The resize and padding stay on the CPU with OpenCV because INTER_AREA and
-INTER_CUBIC have no bit-exact GPU equivalent; the crops travel to the device
-as uint8 (4x fewer bytes than float) and are normalised there.
+The resize and padding run on the CPU with OpenCV; the crops travel to the
+device as uint8 (4x fewer bytes than float) and are normalised there.  For
+frames decoded on the GPU, ``detector/gpu_preprocessing.py`` replays the same
+arithmetic there (INTER_AREA exactly, INTER_CUBIC within one level).
 """
 
 from __future__ import annotations
