@@ -111,8 +111,6 @@ class FaceDetector:
 
     def _shrink_device_frames(self, frames: Sequence[torch.Tensor], size: tuple[int, int], scale: float) -> torch.Tensor:
         """Frames already on the GPU (NVDEC) are stacked and shrunk there: nothing crosses to the host."""
-        from detector.gpu_preprocessing import shrink_for_detection
-
         batch = torch.stack([f.to(self.device) for f in frames])
         return batch if scale == 1.0 else shrink_for_detection(batch, size)
 
