@@ -45,7 +45,8 @@ from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
 from stream.outputs.publisher import NullPublisher  # noqa: E402
 from stream.pipeline import StreamPipeline  # noqa: E402
 from stream.sources.base import FrameSource  # noqa: E402
-from stream.sources.factory import open_source  # noqa: E402
+from stream.sources.factory import NVDEC, open_source  # noqa: E402
+from stream.sources.gpu_workers import close_pools  # noqa: E402
 
 DEFAULT_CLIPS = ["nicoletmk-Real6.mp4", "facenet-video.mp4", "wav2lip-kim_7s_raw.mp4"]
 
@@ -354,6 +355,7 @@ def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngi
 
 def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
     engine = live_engine(args, device)
+    NVDEC.workers_per_gpu = args.nvdec_workers
     rows = []
     try:
         for n in args.streams:
@@ -371,6 +373,7 @@ def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, 
             if behind:
                 break
     finally:
+        close_pools()
         engine.close()
     return rows
 
@@ -391,6 +394,7 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--decoder", choices=["auto", "nvdec", "thread", "process"], default="auto", help="how live streams are decoded (see StreamConfig.decoder)")
     parser.add_argument("--detect-workers", type=int, default=2, help="engine detection threads (CUDA)")
+    parser.add_argument("--nvdec-workers", type=int, default=None, help="NVDEC worker processes per GPU (0: decode in this process's threads)")
     parser.add_argument("--gpus", type=int, default=1, help="live: one engine per GPU, streams placed by load")
     parser.add_argument("--live-models", type=int, default=1, help="live: ensemble size (7 = the winner's full ensemble)")
     parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")

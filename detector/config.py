@@ -95,6 +95,11 @@ class EngineConfig(StrictModel):
     nvdec_sessions_per_gpu: Annotated[int, Field(gt=0, le=4096)] = Field(
         512, description="NVDEC decoder sessions per GPU; streams beyond it decode on the CPU (logged)"
     )
+    nvdec_workers: Annotated[int, Field(ge=0, le=64)] | None = Field(
+        None,
+        description="processes per GPU that demux and feed NVDEC for many streams each (frames reach the engine by CUDA IPC); "
+        "0 = in the analyzer's own threads (fine for a few streams); default: half the cores, at most 8",
+    )
 
     @field_validator("devices")
     @classmethod

@@ -71,12 +71,30 @@ def cpu_reference(path: Path) -> dict[float, np.ndarray]:
         return {round(float(f.time), 3): f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
 
 
-@pytest.mark.parametrize("codec", ["libx264", "libx265"])
-def test_nvdec_frames_stay_on_the_gpu_and_match_ffmpeg(tmp_path: Path, codec: str) -> None:
+@pytest.fixture
+def in_process() -> object:
+    """NVDEC in the test process's own threads (so a test can reach into the decoder), restored afterwards."""
+    from stream.sources.factory import NVDEC
+
+    saved = NVDEC.workers_per_gpu
+    NVDEC.workers_per_gpu = 0
+    yield NVDEC
+    NVDEC.workers_per_gpu = saved
+
+
+@pytest.mark.parametrize(("codec", "workers"), [("libx264", 0), ("libx265", 0), ("libx264", 2), ("libx265", 2)])
+def test_nvdec_frames_stay_on_the_gpu_and_match_ffmpeg(tmp_path: Path, codec: str, workers: int) -> None:
+    """In the test's own threads, and through worker processes (frames cross by CUDA IPC)."""
     nvdec_or_skip()
+    from stream.sources.factory import NVDEC
+
+    NVDEC.workers_per_gpu, saved = workers, NVDEC.workers_per_gpu
     path = clip(tmp_path, codec)
     cfg = StreamConfig(name="cam", url=str(path), sample_fps=5, decoder="nvdec")
-    frames, stats = asyncio.run(sampled_frames(cfg, "cuda:0"))
+    try:
+        frames, stats = asyncio.run(sampled_frames(cfg, "cuda:0"))
+    finally:
+        NVDEC.workers_per_gpu = saved
     assert stats.decoder == "nvdec:0"
     assert len(frames) == 10  # 2 s at 5 samples/s
     reference = cpu_reference(path)
@@ -87,7 +105,7 @@ def test_nvdec_frames_stay_on_the_gpu_and_match_ffmpeg(tmp_path: Path, codec: st
         assert diff.mean() < 2.5, diff.mean()
 
 
-def test_nvdec_skips_non_reference_pictures(tmp_path: Path) -> None:
+def test_nvdec_skips_non_reference_pictures(tmp_path: Path, in_process: object) -> None:
     nvdec_or_skip()
     path = clip(tmp_path, "libx264", params="bframes=3:b-pyramid=none:keyint=25")
     all_frames, full = asyncio.run(sampled_frames(StreamConfig(name="a", url=str(path), sample_fps=5, decoder="nvdec"), "cuda:0"))
@@ -96,7 +114,7 @@ def test_nvdec_skips_non_reference_pictures(tmp_path: Path) -> None:
     assert len(some_frames) >= len(all_frames) - 2  # still about every sample asked for
 
 
-def test_unsupported_stream_falls_back_to_cpu_with_a_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unsupported_stream_falls_back_to_cpu_with_a_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture, in_process: object) -> None:
     nvdec_or_skip()
     path = clip(tmp_path, "mpeg4")
     caplog.set_level(logging.WARNING)
@@ -106,23 +124,28 @@ def test_unsupported_stream_falls_back_to_cpu_with_a_reason(tmp_path: Path, capl
     assert any("mpeg4" in r.getMessage() and "CPU" in r.getMessage() for r in caplog.records)
 
 
-def test_out_of_sessions_sends_the_next_stream_to_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_out_of_sessions_sends_the_next_stream_to_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture, workers: int) -> None:
     nvdec_or_skip()
+    from stream.sources.factory import NVDEC
+    from stream.sources.gpu_workers import decoder_pool
     from stream.sources.nvdec import SESSIONS
 
     path = clip(tmp_path)
     caplog.set_level(logging.WARNING)
-    limit = SESSIONS.limit
-    SESSIONS.limit = SESSIONS.in_use(0)  # every session taken
+    saved = SESSIONS.limit, NVDEC.sessions_per_gpu, NVDEC.workers_per_gpu
+    NVDEC.workers_per_gpu = workers
+    SESSIONS.limit = SESSIONS.in_use(0)  # every in-process session taken
+    NVDEC.sessions_per_gpu = decoder_pool(0, 2).streams()  # every pooled one too
     try:
         frames, stats = asyncio.run(sampled_frames(StreamConfig(name="late", url=str(path), sample_fps=5, decoder="nvdec"), "cuda:0"))
     finally:
-        SESSIONS.limit = limit
+        SESSIONS.limit, NVDEC.sessions_per_gpu, NVDEC.workers_per_gpu = saved
     assert stats.decoder == "cpu" and len(frames) == 10
     assert any("NVDEC sessions" in r.getMessage() for r in caplog.records)
 
 
-def test_a_failing_decoder_session_is_recreated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_decoder_session_is_recreated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_process: object) -> None:
     nvdec_or_skip()
     from stream.sources import nvdec
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from stream.logs import stream_log
 from stream.sources.base import FrameSource, StateCallback
@@ -44,7 +45,29 @@ def open_source(cfg: StreamConfig, on_state: StateCallback | None = None, device
         return ProcessVideoSource(cfg, on_state, **backoff)
     from stream.sources.url import VideoSource
 
-    return VideoSource(cfg, on_state, nvdec_gpu=nvdec_gpu(cfg, device), **backoff)
+    gpu = nvdec_gpu(cfg, device)
+    if gpu is not None and NVDEC.workers_per_gpu != 0:
+        from stream.sources.gpu_workers import PooledNvdecSource, decoder_pool, default_workers
+
+        pool = decoder_pool(gpu, NVDEC.workers_per_gpu or default_workers())
+        if pool.streams() < NVDEC.sessions_per_gpu:
+            return PooledNvdecSource(cfg, pool, on_state, **backoff)
+        stream_log(log, cfg.name).warning(
+            "stream %s: all %d NVDEC sessions of cuda:%d are in use; decoding on the CPU", cfg.name, NVDEC.sessions_per_gpu, gpu, extra={"event": "nvdec_fallback"}
+        )
+        gpu = None
+    return VideoSource(cfg, on_state, nvdec_gpu=gpu, **backoff)
+
+
+@dataclass
+class NvdecSettings:
+    """How NVDEC streams are hosted (set once from ``engine:`` by the composition root)."""
+
+    sessions_per_gpu: int = 512
+    workers_per_gpu: int | None = None  # None: default_workers(); 0: in the analyzer's own threads
+
+
+NVDEC = NvdecSettings()
 
 
 def nvdec_gpu(cfg: StreamConfig, device: object) -> int | None:
