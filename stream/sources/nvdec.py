@@ -147,7 +147,8 @@ class NvdecDecoder:
         self.skipped = 0
         SESSIONS.acquire(gpu)
         try:
-            low_latency = not stream.codec_context.has_b_frames  # no reordering: hand each picture out at once
+            # NVDEC's native output latency (pictures come out a few decodes later): a zero-latency
+            # Decode waits for the picture just submitted, holding the GIL while NVDEC is busy
             kwargs: dict[str, Any] = {
                 "gpuid": gpu,
                 "codec": getattr(nvc.cudaVideoCodec, SUPPORTED_CODECS[codec]),
@@ -155,8 +156,6 @@ class NvdecDecoder:
                 "cudastream": self._cuda_stream.cuda_stream,
                 "usedevicememory": True,
             }
-            if low_latency and hasattr(nvc, "DisplayDecodeLatencyType"):
-                kwargs["latency"] = nvc.DisplayDecodeLatencyType.LOW
             with _CREATING, torch.cuda.device(self.device):  # a few at a time: 150 at once stall every one of them
                 self._decoder = nvc.CreateDecoder(**kwargs)
         except NvdecUnavailable:
