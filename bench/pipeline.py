@@ -363,6 +363,8 @@ def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, 
             behind = row["samples_per_s"] < 0.9 * row["expected_samples_per_s"] or (row["engine_dropped"] + row["source_dropped"]) > 0.02 * row["expected_samples_per_s"] * args.duration
             row["falls_behind"] = bool(behind)
             rows.append(row)
+            if args.partial_out is not None:  # a run cut short still leaves its rows
+                args.partial_out.write_text(json.dumps(rows, indent=1))
             print(
                 f"  {args.decoder:7s} {args.skip_frames:6s} N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} faces/s {row['faces_per_s']:7.1f} "
                 f"drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
@@ -400,6 +402,7 @@ def main() -> int:
     parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")
     parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "latency", "live"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
+    parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     meta = {

@@ -151,15 +151,15 @@ def test_a_failing_decoder_session_is_recreated(tmp_path: Path, monkeypatch: pyt
 
     path = clip(tmp_path, frames=100)
     calls = {"n": 0}
-    original = nvdec.NvdecDecoder.decode
+    original = nvdec.NvdecDecoder._submit  # noqa: SLF001 - the one binding call, failed on purpose
 
-    def failing_once(self, packet):  # type: ignore[no-untyped-def]
+    def failing_once(self, data, pts):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] == 20:
+        if calls["n"] == 20:  # the binding's own error type for a broken session
             raise RuntimeError("CUDA_ERROR_LAUNCH_FAILED (simulated)")
-        return original(self, packet)
+        return original(self, data, pts)
 
-    monkeypatch.setattr(nvdec.NvdecDecoder, "decode", failing_once)
+    monkeypatch.setattr(nvdec.NvdecDecoder, "_submit", failing_once)
     url = f"http://127.0.0.1:{serve(path)}/{path.name}"  # a network source reconnects (a file would fail for good)
     cfg = StreamConfig(name="flaky", url=url, sample_fps=5, decoder="nvdec", reconnect_min_s=0.1, reconnect_max_s=0.2)
     frames, stats = asyncio.run(sampled_frames(cfg, "cuda:0", limit=15))

@@ -23,6 +23,7 @@ from typing import Any
 
 import av
 
+from stream.sources.base import SourceError
 from stream.sources.bitstream import ReferenceTracker
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,19 @@ class NvdecDecoder:
         self._closed = False
 
     def decode(self, packet: av.Packet | None) -> list[GpuFrame]:
-        """Decode one demuxed packet (None flushes the pictures the decoder still holds)."""
+        """Decode one demuxed packet (None flushes the pictures the decoder still holds).
+
+        A failing session raises ``SourceError``: the source reconnects with its usual backoff
+        and a new session is created, as for any other broken connection.
+        """
+        try:
+            return self._decode(packet)
+        except av.error.FFmpegError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the binding raises plain RuntimeErrors (CUDA errors, lost sessions)
+            raise SourceError(f"NVDEC decoding failed: {type(exc).__name__}: {exc}") from None
+
+    def _decode(self, packet: av.Packet | None) -> list[GpuFrame]:
         frames: list[GpuFrame] = []
         for annexb in self._bsf.filter(packet):
             data = bytes(annexb)
