@@ -36,7 +36,7 @@ class GraphedModel:
         self._outputs: dict[int, torch.Tensor] = {}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         pool = pool if pool is not None else torch.cuda.graph_pool_handle()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.cuda.device(self.device):  # capture on the model's GPU, not the current one
             for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory
                 static_in = torch.zeros(size, 3, input_size, input_size, dtype=dtype, device=self.device).contiguous(memory_format=memory_format)
                 side = torch.cuda.Stream(self.device)
