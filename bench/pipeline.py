@@ -347,7 +347,7 @@ def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngi
     engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=2, detect_workers=args.detect_workers)
     engines = []
     for d in devices:
-        ensemble = make_ensemble(args.encoder, args.live_models, d, d.type == "cuda", 380)
+        ensemble = make_ensemble(args.encoder, args.live_models, d, d.type == "cuda" and not args.no_graphs, 380)
         detector_cfg = DetectorConfig(device=str(d), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380)
         engines.append(build_engine(detector_cfg, engine_cfg, ensemble=ensemble))
     return engines[0] if len(engines) == 1 else EnginePool(engines)
@@ -402,6 +402,7 @@ def main() -> int:
     parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")
     parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "latency", "live"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
+    parser.add_argument("--no-graphs", action="store_true", help="live: eager classifier (no CUDA graphs)")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
