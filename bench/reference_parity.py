@@ -12,6 +12,9 @@ Our side is what ``deepfake-stream scan`` runs: ``build_predictor`` on the ``det
 changed, as ``scan``'s own flags change them: ``weights``/``encoder``/``device``/``frames_per_video``
 and ``rescale: half`` (the kernel always shrinks frames by 0.5 before MTCNN; we ship ``size``).
 
+Compared per clip: the sampled frames, the face crops, the classifier inputs, the per-face
+probabilities (each side's model outputs, recorded on the way) and the video scores.
+
 Both files are read as text, patched by an exact, listed set of substitutions (each must match the
 expected number of times, or the script stops) and executed from their real paths; the files on
 disk are never changed.  The substitutions, also written to the JSON's ``shims``:
@@ -218,17 +221,20 @@ def shipped_config(config: Path, weights: Path, encoder: str, device: torch.devi
 
 
 class Recorder:
-    """Pass-through wrapper of a callable that keeps its last arguments and result."""
+    """Pass-through wrapper of a callable that keeps its results (``result``: the last one)."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self.args: tuple[Any, ...] = ()
-        self.result: Any = None
+        self.results: list[Any] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.args, self.result = args, None
-        self.result = self.fn(*args, **kwargs)
-        return self.result
+        out = self.fn(*args, **kwargs)
+        self.results.append(out)
+        return out
+
+    @property
+    def result(self) -> Any:
+        return self.results[-1] if self.results else None
 
 
 def same_arrays(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -245,7 +251,8 @@ def compare_clip(clip: Path, ref: Reference, ref_model: torch.nn.Module, predict
     ref_faces = Recorder(extractor.process_video)
     extractor.process_video = ref_faces
     errors_before = len(ref.errors)
-    ref_score = float(k.predict_on_video(extractor, str(clip), frames, INPUT_SIZE, [ref_model], strategy=k.confident_strategy))
+    ref_logits = Recorder(ref_model)
+    ref_score = float(k.predict_on_video(extractor, str(clip), frames, INPUT_SIZE, [ref_logits], strategy=k.confident_strategy))
     ref_error = "; ".join(e for _, e in ref.errors[errors_before:]) or None
     if ref_read.result is None:
         ref_error = ref_error or "VideoReader.read_frames returned None (its own catch-all or an unreadable file)"
@@ -253,12 +260,13 @@ def compare_clip(clip: Path, ref: Reference, ref_model: torch.nn.Module, predict
 
     our_read = Recorder(pipeline.read_evenly_spaced_frames)
     our_detect = Recorder(predictor.detector.detect)
-    pipeline.read_evenly_spaced_frames, predictor.detector.detect = our_read, our_detect  # type: ignore[method-assign]
+    our_probs = Recorder(predictor.ensemble.predict)
+    pipeline.read_evenly_spaced_frames, predictor.detector.detect, predictor.ensemble.predict = our_read, our_detect, our_probs  # type: ignore[method-assign]
     try:
         ours = predictor.predict(clip)
     finally:
         pipeline.read_evenly_spaced_frames = our_read.fn
-        del predictor.detector.detect
+        del predictor.detector.detect, predictor.ensemble.predict
     t2 = time.time()
 
     ref_frames, ref_idx = ref_read.result if ref_read.result is not None else ([], [])
@@ -274,6 +282,9 @@ def compare_clip(clip: Path, ref: Reference, ref_model: torch.nn.Module, predict
             ref_t[i] = k.normalize_transform(ref_t[i] / 255.0)
         our_t = normalize_batch(stack_crops(our_crops, predictor.input_size), device)
         input_diff = float((ref_t - our_t).abs().max())
+    ref_p = torch.sigmoid(ref_logits.result.float()).reshape(-1).cpu().numpy() if ref_logits.results else np.zeros(0, np.float32)
+    our_p = np.concatenate([p[0] for p in our_probs.results]) if our_probs.results else np.zeros(0, np.float32)
+    face_diff = float(np.abs(ref_p - our_p).max()) if len(ref_p) == len(our_p) and len(our_p) else float("nan")
     return {
         "clip": clip.name,
         "frames": len(sampled.frames) if sampled is not None else 0,
@@ -282,6 +293,7 @@ def compare_clip(clip: Path, ref: Reference, ref_model: torch.nn.Module, predict
         "faces_ref": len(ref_crops),
         "crops_identical": same_arrays(ref_crops, our_crops),
         "input_max_abs_diff": input_diff,
+        "face_scores_max_abs_diff": face_diff,
         "score_ours": ours.score,
         "score_ref": ref_score,
         "score_abs_diff": abs(ours.score - ref_score),
@@ -322,12 +334,12 @@ def main() -> int:
 
     clips = sorted(args.clips.glob("*.mp4"))[: args.limit or None]
     rows = []
-    print(f"{'clip':48s} {'frames':>6s} {'faces':>5s} {'crops=':>6s} {'input max|d|':>12s} {'ours':>8s} {'ref':>8s} {'|d|':>9s}")
+    print(f"{'clip':48s} {'frames':>6s} {'faces':>5s} {'crops=':>6s} {'input max|d|':>12s} {'face max|d|':>11s} {'ours':>8s} {'ref':>8s} {'|d|':>9s}")
     for clip in clips:
         r = compare_clip(clip, ref, ref_model, predictor, args.frames, device)
         rows.append(r)
         print(
-            f"{clip.name:48s} {r['frames']:6d} {r['faces_ours']:5d} {str(r['crops_identical']):>6s} {r['input_max_abs_diff']:12.2e} "
+            f"{clip.name:48s} {r['frames']:6d} {r['faces_ours']:5d} {str(r['crops_identical']):>6s} {r['input_max_abs_diff']:12.2e} {r['face_scores_max_abs_diff']:11.2e} "
             f"{r['score_ours']:8.5f} {r['score_ref']:8.5f} {r['score_abs_diff']:9.2e}",
             flush=True,
         )
@@ -341,6 +353,8 @@ def main() -> int:
         "crops_identical": sum(r["crops_identical"] for r in rows),
         "crops_differ": [r["clip"] for r in rows if not r["crops_identical"]],
         "inputs_identical": sum(r["input_max_abs_diff"] == 0.0 for r in rows),
+        "face_scores_identical": sum(r["face_scores_max_abs_diff"] == 0.0 for r in rows),
+        "max_face_score_abs_diff": max((r["face_scores_max_abs_diff"] for r in rows if r["face_scores_max_abs_diff"] == r["face_scores_max_abs_diff"]), default=0.0),
         "max_score_abs_diff": max((r["score_abs_diff"] for r in rows), default=0.0),
         "tolerance": args.tolerance,
         "score_spread": [min(scores, default=0.0), max(scores, default=0.0)],

@@ -74,5 +74,5 @@ def test_one_clip_matches_the_reference_end_to_end(reference_dir: Path, clips_di
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(out.read_text())["summary"]
-    assert summary["clips"] == summary["frames_identical"] == summary["crops_identical"] == 1
+    assert summary["clips"] == summary["frames_identical"] == summary["crops_identical"] == summary["face_scores_identical"] == 1
     assert summary["reference_failures"] == 0 and summary["max_score_abs_diff"] < 1e-5
