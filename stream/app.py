@@ -33,8 +33,8 @@ from stream.recorder import Recorder
 from stream.service import StreamService
 from stream.sharding import ShardPlan
 from stream.sources.factory import NVDEC, prepare_demo_media
-from stream.sources.gpu_workers import close_pools
 from stream.sources.nvdec import SESSIONS
+from stream.sources.workers import close_pools
 from stream.web import dashboard, health, metrics, whip
 from stream.web.metrics import ServiceMetrics
 from stream.web.server import HttpServer

@@ -128,8 +128,8 @@ def test_unsupported_stream_falls_back_to_cpu_with_a_reason(tmp_path: Path, capl
 def test_out_of_sessions_sends_the_next_stream_to_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture, workers: int) -> None:
     nvdec_or_skip()
     from stream.sources.factory import NVDEC
-    from stream.sources.gpu_workers import decoder_pool
     from stream.sources.nvdec import SESSIONS
+    from stream.sources.workers import decoder_pool
 
     path = clip(tmp_path)
     caplog.set_level(logging.WARNING)

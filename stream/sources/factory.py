@@ -47,11 +47,11 @@ def open_source(cfg: StreamConfig, on_state: StateCallback | None = None, device
 
     gpu = nvdec_gpu(cfg, device)
     if gpu is not None and NVDEC.workers_per_gpu != 0:
-        from stream.sources.gpu_workers import PooledNvdecSource, decoder_pool, default_workers
+        from stream.sources.workers import PooledSource, decoder_pool, default_workers
 
         pool = decoder_pool(gpu, NVDEC.workers_per_gpu or default_workers())
         if pool.streams() < NVDEC.sessions_per_gpu:
-            return PooledNvdecSource(cfg, pool, on_state, **backoff)
+            return PooledSource(cfg, pool, on_state, **backoff)
         stream_log(log, cfg.name).warning(
             "stream %s: all %d NVDEC sessions of cuda:%d are in use; decoding on the CPU", cfg.name, NVDEC.sessions_per_gpu, gpu, extra={"event": "nvdec_fallback"}
         )

@@ -12,16 +12,14 @@ only its own stream down.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
+import functools
 import logging
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -29,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from stream.sources.base import FINAL_STATES, SampledFrame, SourceStats, StateCallback, StreamState
+from stream.sources.base import SampledFrame, StateCallback, StreamState
+from stream.sources.child import ChildSource
 from stream.sources.config import StreamConfig
 from stream.sources.url import VideoSource
 
@@ -116,31 +115,20 @@ def _child_main(fd: int) -> None:
     asyncio.run(_child(cfg_data, conn, tuple(backoff)))
 
 
-class ProcessVideoSource:
+class ProcessVideoSource(ChildSource):
     """Same interface as ``VideoSource`` (start, next_frame, stop, state, stats), decoding in a child process."""
 
     def __init__(self, cfg: StreamConfig, on_state: StateCallback | None = None, *, backoff_min_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self._on_state = on_state
+        super().__init__(cfg, on_state)
         self._backoff = (backoff_min_s, backoff_max_s)
-        self._state = StreamState.CONNECTING
-        self._child_stats = SourceStats.empty()  # the child's counters, as last sent
-        self._dropped = 0
-        self._pending: collections.deque[tuple[SampledFrame, str, int]] = collections.deque()
-        self._holds_back = False  # told by the child: a file read as fast as consumed keeps every frame
-        self._ended = False
         self._send_lock = threading.Lock()
         self._segments: dict[str, SharedMemory] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Event | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._ready = asyncio.Event()
+        self._bind_loop()
         # A fresh interpreter (never a fork of a process that may hold CUDA state), started with -m so
         # that, unlike multiprocessing's spawn, it does not re-import the parent's __main__ (torch and all).
         parent_sock, child_sock = socket.socketpair()
@@ -180,7 +168,9 @@ class ProcessVideoSource:
                 _, name, slot, shape, pts_s, arrival_mono, arrival_wall, index, stats = message
                 nbytes = int(np.prod(shape))
                 image = np.ndarray(shape, np.uint8, buffer=self._segment(name).buf, offset=slot * nbytes).copy()
-                self._post(self._deliver, SampledFrame(image, pts_s, arrival_mono, arrival_wall, index), name, slot, stats)
+                # the slot is freed when the consumer takes the frame, so a file read as fast as consumed waits for it
+                release = functools.partial(self._send, ("free", name, slot))
+                self._post(self._deliver, SampledFrame(image, pts_s, arrival_mono, arrival_wall, index), stats, release)
             elif kind == "mode":
                 self._holds_back = bool(message[1])
             elif kind == "state":
@@ -192,53 +182,7 @@ class ProcessVideoSource:
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self._proc.wait(5.0)  # reap it, so a crash shows as its exit code
-        self._post(self._finish, code)
-
-    def _post(self, callback: Callable[..., None], *args: object) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    # ---- loop thread --------------------------------------------------------------------
-    def _set_stats(self, stats: dict[str, Any]) -> None:
-        self._child_stats = SourceStats.from_dict(stats)
-
-    def _deliver(self, frame: SampledFrame, name: str, slot: int, stats: dict[str, Any]) -> None:
-        """A frame's slot is freed when the consumer takes it, so a file read as fast as consumed waits for it."""
-        self._set_stats(stats)
-        if self._pending and not self._holds_back:  # a live feed keeps only the newest frame
-            _, old_name, old_slot = self._pending.popleft()
-            self._send(("free", old_name, old_slot))
-            self._dropped += 1
-        self._pending.append((frame, name, slot))
-        assert self._ready is not None
-        self._ready.set()
-
-    def _change_state(self, state: StreamState, detail: str | None, stats: dict[str, Any]) -> None:
-        self._set_stats(stats)
-        self._state = state
-        if self._on_state is not None:
-            self._on_state(state, detail)
-
-    def _finish(self, exit_code: int | None) -> None:
-        self._ended = True
-        if self._state not in FINAL_STATES:
-            detail = "decoder process ended" if not exit_code else f"decoder process died (exit code {exit_code})"
-            self._change_state(StreamState.FAILED if exit_code else StreamState.STOPPED, detail, self._child_stats.to_dict())
-        assert self._ready is not None
-        self._ready.set()
-
-    async def next_frame(self) -> SampledFrame | None:
-        assert self._ready is not None, "source not started"
-        while True:
-            self._ready.clear()
-            if self._pending:
-                frame, name, slot = self._pending.popleft()
-                self._send(("free", name, slot))
-                return frame
-            if self._ended:
-                return None
-            await self._ready.wait()
+        self._post(self._end, code, "decoder process")
 
     async def stop(self, join_timeout_s: float = 5.0) -> None:
         self._send(("stop",))
@@ -258,15 +202,6 @@ class ProcessVideoSource:
         self._ended = True
         if self._ready is not None:
             self._ready.set()
-
-    @property
-    def state(self) -> StreamState:
-        return self._state
-
-    @property
-    def stats(self) -> SourceStats:
-        child = self._child_stats
-        return dataclasses.replace(child, state=self._state, frames_dropped=child.frames_dropped + self._dropped)
 
 
 __all__ = ["ProcessVideoSource"]

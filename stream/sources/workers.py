@@ -1,4 +1,4 @@
-"""NVDEC decoding in a few worker processes per GPU, frames handed over in GPU memory.
+"""Decoder worker processes: a few per GPU host many streams each, frames handed over in GPU memory.
 
 Demuxing and feeding a hardware decoder is Python work per packet (4,500 packets a second for
 150 cameras at 30 fps). In the analyzer's own process that work holds the GIL so often that the
@@ -10,15 +10,14 @@ slot number travels, the analyzer copies the slot on the GPU and frees it. A wor
 CUDA context, so a handful of workers serve hundreds of streams.
 
 A stream the worker's NVDEC refuses (codec, size, sessions) is decoded on the CPU there and its
-frames come over as host arrays, with the reason logged as for any NVDEC source.
+frames come over as host arrays, with the reason logged as for any NVDEC source. A pool without a
+GPU (``gpu=None``) decodes everything on the CPU that way: the same protocol, testable anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -26,12 +25,12 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from stream.sources.base import FINAL_STATES, SampledFrame, SourceStats, StateCallback, StreamState
+from stream.sources.base import SampledFrame, StateCallback, StreamState
+from stream.sources.child import ChildSource
 from stream.sources.config import StreamConfig
 
 log = logging.getLogger(__name__)
@@ -48,15 +47,16 @@ def default_workers() -> int:
 class _Worker:
     """One worker process: many streams on one GPU, one connection to the analyzer."""
 
-    def __init__(self, conn: Connection, gpu: int) -> None:
+    def __init__(self, conn: Connection, gpu: int | None) -> None:
         import torch
         import torch.multiprocessing  # noqa: F401 - registers CUDA tensor pickling (IPC handles)
 
         self.torch = torch
         self.conn = conn
         self.gpu = gpu
-        self.device = torch.device("cuda", gpu)
-        torch.cuda.set_device(self.device)
+        self.device = torch.device("cuda", gpu) if gpu is not None else None
+        if self.device is not None:
+            torch.cuda.set_device(self.device)
         self.sources: dict[str, Any] = {}
         self.rings: dict[str, tuple[int, Any, set[int]]] = {}  # stream -> (ring id, (SLOTS, H, W, 3) tensor, free slots)
         self.ring_ids = 0
@@ -132,17 +132,17 @@ class _Worker:
             self.rings.pop(name, None)
 
 
-async def _worker_main_async(conn: Connection, gpu: int) -> None:
+async def _worker_main_async(conn: Connection, gpu: int | None) -> None:
     worker = _Worker(conn, gpu)
     loop = asyncio.get_running_loop()
     loop.add_reader(conn.fileno(), worker.on_message, loop)
     await asyncio.Event().wait()  # runs until the analyzer goes away (then the loop is stopped)
 
 
-def _worker_main(fd: int, gpu: int) -> None:
-    """Entry point of ``python -m stream.sources.gpu_workers FD GPU``."""
+def _worker_main(fd: int, gpu: int | None) -> None:
+    """Entry point of ``python -m stream.sources.workers FD GPU`` (GPU: an index, or ``cpu``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the analyzer decides when streams stop
-    logging.basicConfig(level=int(os.environ.get("DEEPFAKE_STREAM_LOG_LEVEL", logging.INFO)), format="%(asctime)s %(levelname)-7s %(name)s[nvdec-worker]: %(message)s")
+    logging.basicConfig(level=int(os.environ.get("DEEPFAKE_STREAM_LOG_LEVEL", logging.INFO)), format="%(asctime)s %(levelname)-7s %(name)s[decoder-worker]: %(message)s")
     with contextlib.suppress(RuntimeError):  # "Event loop stopped before Future completed" when the analyzer left
         asyncio.run(_worker_main_async(Connection(fd), gpu))
 
@@ -151,20 +151,20 @@ def _worker_main(fd: int, gpu: int) -> None:
 class _WorkerHandle:
     """The analyzer's end of one worker process: its connection, its reader thread, its streams."""
 
-    def __init__(self, gpu: int, index: int) -> None:
+    def __init__(self, gpu: int | None, index: int) -> None:
         parent_sock, child_sock = socket.socketpair()
         env = {**os.environ, "DEEPFAKE_STREAM_LOG_LEVEL": str(logging.getLogger().getEffectiveLevel())}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.sources.gpu_workers", str(child_sock.fileno()), str(gpu)],
+            [sys.executable, "-m", "stream.sources.workers", str(child_sock.fileno()), "cpu" if gpu is None else str(gpu)],
             pass_fds=[child_sock.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,
         )
         child_sock.close()
         self.conn = Connection(parent_sock.detach())
-        self.sources: dict[str, PooledNvdecSource] = {}
+        self.sources: dict[str, PooledSource] = {}
         self.lock = threading.Lock()
-        self.name = f"nvdec-worker-{gpu}.{index}"
+        self.name = f"decoder-worker-{'cpu' if gpu is None else gpu}.{index}"
         self.reader = threading.Thread(target=self._read, name=self.name, daemon=True)
         self.reader.start()
 
@@ -188,21 +188,23 @@ class _WorkerHandle:
             if message[0] == "frame" and copy_stream is None:
                 copy_stream = torch.cuda.Stream(source.ring_device())
             source.on_message(message, copy_stream)
-        code = self.proc.poll()
+        code = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = self.proc.wait(5.0)  # reap it, so a crash shows as its exit code
         for source in list(self.sources.values()):
             source.on_worker_gone(code)
 
 
-class GpuDecoderPool:
-    """The worker processes of one GPU; a new stream goes to the worker with the fewest streams."""
+class DecoderPool:
+    """The worker processes of one GPU (or of the CPU); a new stream goes to the worker with the fewest streams."""
 
-    def __init__(self, gpu: int, workers: int) -> None:
+    def __init__(self, gpu: int | None, workers: int) -> None:
         self.gpu = gpu
         self.size = max(workers, 1)
         self.workers: list[_WorkerHandle] = []
         self.lock = threading.Lock()
 
-    def attach(self, source: PooledNvdecSource) -> _WorkerHandle:
+    def attach(self, source: PooledSource) -> _WorkerHandle:
         with self.lock:
             self.workers = [w for w in self.workers if w.proc.poll() is None]
             if len(self.workers) < self.size:
@@ -211,7 +213,7 @@ class GpuDecoderPool:
             worker.sources[source.name] = source
             return worker
 
-    def detach(self, source: PooledNvdecSource, worker: _WorkerHandle) -> None:
+    def detach(self, source: PooledSource, worker: _WorkerHandle) -> None:
         with self.lock:
             if worker.sources.get(source.name) is source:
                 del worker.sources[source.name]
@@ -232,15 +234,16 @@ class GpuDecoderPool:
                 worker.proc.kill()
 
 
-_POOLS: dict[int, GpuDecoderPool] = {}
+_POOLS: dict[int | None, DecoderPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def decoder_pool(gpu: int, workers: int) -> GpuDecoderPool:
+def decoder_pool(gpu: int | None, workers: int) -> DecoderPool:
+    """The pool of ``gpu`` (None: CPU decoding), made at its first use; later calls keep its size."""
     with _POOLS_LOCK:
         pool = _POOLS.get(gpu)
         if pool is None:
-            pool = _POOLS[gpu] = GpuDecoderPool(gpu, workers)
+            pool = _POOLS[gpu] = DecoderPool(gpu, workers)
         return pool
 
 
@@ -252,24 +255,14 @@ def close_pools() -> None:
         pool.close()
 
 
-class PooledNvdecSource:
-    """Same interface as ``VideoSource``, decoding on NVDEC in a shared worker process; frames arrive as CUDA tensors."""
+class PooledSource(ChildSource):
+    """Same interface as ``VideoSource``, decoded in a shared worker process; NVDEC frames arrive as CUDA tensors."""
 
-    def __init__(self, cfg: StreamConfig, pool: GpuDecoderPool, on_state: StateCallback | None = None, *, backoff_min_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
+    def __init__(self, cfg: StreamConfig, pool: DecoderPool, on_state: StateCallback | None = None, *, backoff_min_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
+        super().__init__(cfg, on_state)
         self._pool = pool
-        self._on_state = on_state
         self._backoff = (backoff_min_s, backoff_max_s)
-        self._state = StreamState.CONNECTING
-        self._child_stats = SourceStats.empty()
-        self._dropped = 0
-        self._pending: collections.deque[tuple[SampledFrame, int | None, int | None]] = collections.deque()
-        self._holds_back = False
-        self._ended = False
         self._rings: dict[int, Any] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Event | None = None
         self._worker: _WorkerHandle | None = None
 
     def ring_device(self) -> Any:
@@ -278,8 +271,7 @@ class PooledNvdecSource:
         return torch.device("cuda", self._pool.gpu)
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._ready = asyncio.Event()
+        self._bind_loop()
         self._worker = self._pool.attach(self)
         self._worker.send(("open", self.name, self.cfg.model_dump(mode="json"), list(self._backoff)))
 
@@ -312,58 +304,21 @@ class PooledNvdecSource:
     def on_worker_gone(self, exit_code: int | None) -> None:
         self._post(self._finish, exit_code if exit_code else -1)
 
-    def _post(self, callback: Callable[..., None], *args: object) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            self._loop.call_soon_threadsafe(callback, *args)
-
     # ---- loop thread ------------------------------------------------------------------
-    def _set_stats(self, stats: dict[str, Any]) -> None:
-        self._child_stats = SourceStats.from_dict(stats)
-
-    def _deliver(self, frame: SampledFrame, stats: dict[str, Any]) -> None:
-        self._set_stats(stats)
-        if self._pending and not self._holds_back:  # a live feed keeps only the newest frame
-            self._pending.popleft()
-            self._dropped += 1
-        self._pending.append((frame, None, None))
-        assert self._ready is not None
-        self._ready.set()
-
-    def _change_state(self, state: StreamState, detail: str | None, stats: dict[str, Any]) -> None:
-        self._set_stats(stats)
-        self._state = state
-        if self._on_state is not None:
-            self._on_state(state, detail)
-
     def _finish(self, exit_code: int | None) -> None:
         if self._ended:
             return
-        self._ended = True
         if self._worker is not None:
             self._pool.detach(self, self._worker)
         self._rings.clear()
-        if self._state not in FINAL_STATES:
-            detail = "decoder worker ended" if not exit_code else f"decoder worker died (exit code {exit_code})"
-            self._change_state(StreamState.FAILED if exit_code else StreamState.STOPPED, detail, self._child_stats.to_dict())
-        assert self._ready is not None
-        self._ready.set()
-
-    async def next_frame(self) -> SampledFrame | None:
-        assert self._ready is not None, "source not started"
-        while True:
-            self._ready.clear()
-            if self._pending:
-                return self._pending.popleft()[0]
-            if self._ended:
-                return None
-            await self._ready.wait()
+        self._end(exit_code, "decoder worker")
 
     async def stop(self, join_timeout_s: float = 5.0) -> None:
         if self._worker is not None and not self._ended:
             self._worker.send(("stop", self.name))
-            deadline = asyncio.get_running_loop().time() + join_timeout_s
-            while not self._ended and asyncio.get_running_loop().time() < deadline:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + join_timeout_s
+            while not self._ended and loop.time() < deadline:
                 assert self._ready is not None
                 self._ready.clear()
                 with contextlib.suppress(TimeoutError):
@@ -371,17 +326,8 @@ class PooledNvdecSource:
         if not self._ended:
             self._finish(None)
 
-    @property
-    def state(self) -> StreamState:
-        return self._state
 
-    @property
-    def stats(self) -> SourceStats:
-        child = self._child_stats
-        return dataclasses.replace(child, state=self._state, frames_dropped=child.frames_dropped + self._dropped)
-
-
-__all__ = ["GpuDecoderPool", "PooledNvdecSource", "close_pools", "decoder_pool", "default_workers"]
+__all__ = ["DecoderPool", "PooledSource", "close_pools", "decoder_pool", "default_workers"]
 
 if __name__ == "__main__":
-    _worker_main(int(sys.argv[1]), int(sys.argv[2]))
+    _worker_main(int(sys.argv[1]), None if sys.argv[2] == "cpu" else int(sys.argv[2]))
