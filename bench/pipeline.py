@@ -345,9 +345,10 @@ def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngi
     """The shipped builder with random weights (no checkpoint), one engine per GPU asked for."""
     devices = [torch.device("cuda", i) for i in range(args.gpus)] if device.type == "cuda" else [device]
     engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=2, detect_workers=args.detect_workers)
+    # every model and its CUDA graphs first, then the engines' threads (as detector/build.py does)
+    ensembles = [make_ensemble(args.encoder, args.live_models, d, d.type == "cuda" and not args.no_graphs, 380) for d in devices]
     engines = []
-    for d in devices:
-        ensemble = make_ensemble(args.encoder, args.live_models, d, d.type == "cuda" and not args.no_graphs, 380)
+    for d, ensemble in zip(devices, ensembles, strict=True):
         detector_cfg = DetectorConfig(device=str(d), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380)
         engines.append(build_engine(detector_cfg, engine_cfg, ensemble=ensemble))
     return engines[0] if len(engines) == 1 else EnginePool(engines)

@@ -69,11 +69,10 @@ def build_engine(
     if ensemble is not None:
         return _engine(cfg, engine, ensemble, input_size or cfg.input_size, on_batch)
     choice = choice or choose_model(cfg)
-    devices = engine_devices(cfg, engine)
-    engines = []
-    for device in devices:
-        device_cfg = cfg.model_copy(update={"device": device})
-        engines.append(_engine(device_cfg, engine, build_ensemble(device_cfg, choice), input_size or choice.input_size, on_batch))
+    device_cfgs = [cfg.model_copy(update={"device": device}) for device in engine_devices(cfg, engine)]
+    # every model (and its CUDA graphs) first, then the engines' threads: no capture runs beside them
+    ensembles = [build_ensemble(device_cfg, choice) for device_cfg in device_cfgs]
+    engines = [_engine(c, engine, e, input_size or choice.input_size, on_batch) for c, e in zip(device_cfgs, ensembles, strict=True)]
     return engines[0] if len(engines) == 1 else EnginePool(engines)
 
 

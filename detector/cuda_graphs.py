@@ -46,7 +46,8 @@ class GraphedModel:
                         model(static_in)
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
+                # thread_local: another engine's threads (another GPU) may use CUDA while this one captures
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                     static_out = model(static_in)
                 self._inputs[size], self._outputs[size], self._graphs[size] = static_in, static_out, graph
         torch.cuda.synchronize(self.device)
