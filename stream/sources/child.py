@@ -69,12 +69,17 @@ class ChildSource:
         if self._on_state is not None:
             self._on_state(state, detail)
 
-    def _end(self, exit_code: int | None, decoder: str) -> None:
-        """The decoder is gone: a stream not ended on purpose is stopped (clean exit) or failed (crash)."""
+    def _end(self, exit_code: int | None, decoder: str, *, unexpected: bool = False) -> None:
+        """The decoder is gone: a stream not ended on purpose is stopped (clean exit) or failed (a crash,
+        or ``unexpected``: a shared worker that went away while this stream was still open)."""
         self._ended = True
         if self._state not in FINAL_STATES:
-            detail = f"{decoder} ended" if not exit_code else f"{decoder} died (exit code {exit_code})"
-            self._change_state(StreamState.FAILED if exit_code else StreamState.STOPPED, detail, self._child_stats.to_dict())
+            failed = bool(exit_code) or unexpected
+            if exit_code:
+                detail = f"{decoder} died (exit code {exit_code})"
+            else:
+                detail = f"{decoder} ended unexpectedly" if unexpected else f"{decoder} ended"
+            self._change_state(StreamState.FAILED if failed else StreamState.STOPPED, detail, self._child_stats.to_dict())
         if self._ready is not None:
             self._ready.set()
 

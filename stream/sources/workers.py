@@ -302,16 +302,16 @@ class PooledSource(ChildSource):
             self._post(self._finish, None)
 
     def on_worker_gone(self, exit_code: int | None) -> None:
-        self._post(self._finish, exit_code if exit_code else -1)
+        self._post(self._finish, exit_code, True)
 
     # ---- loop thread ------------------------------------------------------------------
-    def _finish(self, exit_code: int | None) -> None:
+    def _finish(self, exit_code: int | None, unexpected: bool = False) -> None:
         if self._ended:
             return
         if self._worker is not None:
             self._pool.detach(self, self._worker)
         self._rings.clear()
-        self._end(exit_code, "decoder worker")
+        self._end(exit_code, "decoder worker", unexpected=unexpected)
 
     async def stop(self, join_timeout_s: float = 5.0) -> None:
         if self._worker is not None and not self._ended:
