@@ -45,7 +45,8 @@ from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
 from stream.outputs.publisher import NullPublisher  # noqa: E402
 from stream.pipeline import StreamPipeline  # noqa: E402
 from stream.sources.base import FrameSource  # noqa: E402
-from stream.sources.factory import NVDEC, open_source  # noqa: E402
+from stream.sources.config import NVDEC  # noqa: E402
+from stream.sources.factory import open_source  # noqa: E402
 from stream.sources.workers import close_pools  # noqa: E402
 
 DEFAULT_CLIPS = ["nicoletmk-Real6.mp4", "facenet-video.mp4", "wav2lip-kim_7s_raw.mp4"]

@@ -32,8 +32,8 @@ from stream.outputs.publisher import NullPublisher, Publisher
 from stream.recorder import Recorder
 from stream.service import StreamService
 from stream.sharding import ShardPlan
-from stream.sources.factory import NVDEC, prepare_demo_media
-from stream.sources.nvdec import SESSIONS
+from stream.sources.config import NVDEC
+from stream.sources.factory import prepare_demo_media
 from stream.sources.workers import close_pools
 from stream.web import dashboard, health, metrics, whip
 from stream.web.metrics import ServiceMetrics
@@ -68,7 +68,7 @@ class App:
         log.debug("streams of this shard: %s", ", ".join(shard.kept) or "none")
         self.publisher = self._given_publisher or self._start_publisher(shard.instance)
         self.discovery = start_discovery(cfg.discovery, cfg.mqtt, self.publisher, shard.instance)
-        SESSIONS.limit = NVDEC.sessions_per_gpu = cfg.engine.nvdec_sessions_per_gpu
+        NVDEC.sessions_per_gpu = cfg.engine.nvdec_sessions_per_gpu
         NVDEC.workers_per_gpu = cfg.engine.nvdec_workers
         self.service = StreamService(
             self.engine,

@@ -74,7 +74,7 @@ def cpu_reference(path: Path) -> dict[float, np.ndarray]:
 @pytest.fixture
 def in_process() -> object:
     """NVDEC in the test process's own threads (so a test can reach into the decoder), restored afterwards."""
-    from stream.sources.factory import NVDEC
+    from stream.sources.config import NVDEC
 
     saved = NVDEC.workers_per_gpu
     NVDEC.workers_per_gpu = 0
@@ -86,7 +86,7 @@ def in_process() -> object:
 def test_nvdec_frames_stay_on_the_gpu_and_match_ffmpeg(tmp_path: Path, codec: str, workers: int) -> None:
     """In the test's own threads, and through worker processes (frames cross by CUDA IPC)."""
     nvdec_or_skip()
-    from stream.sources.factory import NVDEC
+    from stream.sources.config import NVDEC
 
     NVDEC.workers_per_gpu, saved = workers, NVDEC.workers_per_gpu
     path = clip(tmp_path, codec)
@@ -127,20 +127,20 @@ def test_unsupported_stream_falls_back_to_cpu_with_a_reason(tmp_path: Path, capl
 @pytest.mark.parametrize("workers", [0, 2])
 def test_out_of_sessions_sends_the_next_stream_to_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture, workers: int) -> None:
     nvdec_or_skip()
-    from stream.sources.factory import NVDEC
+    from stream.sources.config import NVDEC
     from stream.sources.nvdec import SESSIONS
     from stream.sources.workers import decoder_pool
 
     path = clip(tmp_path)
     caplog.set_level(logging.WARNING)
-    saved = SESSIONS.limit, NVDEC.sessions_per_gpu, NVDEC.workers_per_gpu
+    saved = NVDEC.sessions_per_gpu, NVDEC.workers_per_gpu
     NVDEC.workers_per_gpu = workers
-    SESSIONS.limit = SESSIONS.in_use(0)  # every in-process session taken
-    NVDEC.sessions_per_gpu = decoder_pool(0, 2).streams()  # every pooled one too
+    # every session taken: those open in this process (threads), or the pool's streams (workers)
+    NVDEC.sessions_per_gpu = decoder_pool(0, 2).streams() if workers else SESSIONS.in_use(0)
     try:
         frames, stats = asyncio.run(sampled_frames(StreamConfig(name="late", url=str(path), sample_fps=5, decoder="nvdec"), "cuda:0"))
     finally:
-        SESSIONS.limit, NVDEC.sessions_per_gpu, NVDEC.workers_per_gpu = saved
+        NVDEC.sessions_per_gpu, NVDEC.workers_per_gpu = saved
     assert stats.decoder == "cpu" and len(frames) == 10
     assert any("NVDEC sessions" in r.getMessage() for r in caplog.records)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -52,3 +53,15 @@ class StreamConfig(StrictModel):
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
         return self
+
+
+@dataclass
+class NvdecSettings:
+    """How NVDEC streams are hosted, for every stream of the process (set once from ``engine:`` by the
+    composition root): one session cap per GPU whether streams decode in worker processes or in threads."""
+
+    sessions_per_gpu: int = 512
+    workers_per_gpu: int | None = None  # None: default_workers(); 0: in the analyzer's own threads
+
+
+NVDEC = NvdecSettings()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from stream.logs import stream_log
 from stream.sources.base import FrameSource, StateCallback
-from stream.sources.config import StreamConfig
+from stream.sources.config import NVDEC, StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +57,6 @@ def open_source(cfg: StreamConfig, on_state: StateCallback | None = None, device
         gpu = None
     return VideoSource(cfg, on_state, nvdec_gpu=gpu, **backoff)
 
-
-@dataclass
-class NvdecSettings:
-    """How NVDEC streams are hosted (set once from ``engine:`` by the composition root)."""
-
-    sessions_per_gpu: int = 512
-    workers_per_gpu: int | None = None  # None: default_workers(); 0: in the analyzer's own threads
-
-
-NVDEC = NvdecSettings()
 
 
 def nvdec_gpu(cfg: StreamConfig, device: object) -> int | None:

@@ -25,6 +25,7 @@ import av
 
 from stream.sources.base import SourceError
 from stream.sources.bitstream import ReferenceTracker
+from stream.sources.config import NVDEC
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +74,21 @@ def nvdec_available() -> str | None:
 
 
 class SessionBudget:
-    """Decoder sessions per GPU: beyond ``limit`` the next streams decode on the CPU.
+    """Decoder sessions open in this process per GPU: beyond ``NVDEC.sessions_per_gpu`` the next streams decode on the CPU.
 
     NVDEC sessions cost GPU memory (a 1080p H.264 session holds its surfaces); the driver's
     own refusal is handled too, this cap only makes the point where it happens a setting.
     """
 
-    def __init__(self, limit: int = 512) -> None:
-        self.limit = limit
+    def __init__(self) -> None:
         self._open: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def acquire(self, gpu: int) -> None:
+        limit = NVDEC.sessions_per_gpu
         with self._lock:
-            if self._open.get(gpu, 0) >= self.limit:
-                raise NvdecUnavailable(f"all {self.limit} NVDEC sessions of cuda:{gpu} are in use")
+            if self._open.get(gpu, 0) >= limit:
+                raise NvdecUnavailable(f"all {limit} NVDEC sessions of cuda:{gpu} are in use")
             self._open[gpu] = self._open.get(gpu, 0) + 1
 
     def release(self, gpu: int) -> None:
