@@ -6,7 +6,8 @@ Part 1 (offline, same pre-decoded 1080p frames and the same model for every row)
   batched     our engine's batches of frames across streams (MTCNN batched, classifier on all crops);
   +gpu-resize MTCNN's input shrink on the GPU; +graphs CUDA graphs for the classifier;
   size-rule   our default rescale rule (0.33x for 1920 px wide frames).
-Part 2 (live): N looping, real-time paced 1080p H.264 file streams through the real service path
+Part 3 (sources): the same streams with the engine replaced by one that answers at once, so the
+decoders' own capacity shows. Part 2 (live): N looping, real-time paced 1080p H.264 file streams through the real service path
 (decode thread per stream -> by-pts sampler -> engine -> running score), no MQTT, for N in --streams
 until the engine falls behind. Reports sampled frames/s, faces/s, drops, p50/p99 frame-arrival-to-score
 latency, GPU/CPU utilisation and GPU memory.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from detector.build import build_engine  # noqa: E402
 from detector.classifier import DeepFakeClassifier, Ensemble  # noqa: E402
 from detector.config import DetectorConfig, EngineConfig  # noqa: E402
-from detector.engine import InferenceEngine  # noqa: E402
+from detector.engine import EngineStats, FrameResult, InferenceEngine  # noqa: E402
 from detector.engine_pool import EnginePool  # noqa: E402
 from detector.faces import FaceDetector  # noqa: E402
 from detector.pipeline import faces_to_scores  # noqa: E402
@@ -272,7 +275,9 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         pipelines.append(StreamPipeline(cfg.name, source, engine, NullPublisher(), window, alerts))
     tasks = [asyncio.create_task(p.run()) for p in pipelines]
     await asyncio.sleep(args.warmup)
-    frames0, faces0 = engine.stats.frames, engine.stats.faces
+    stats0 = dataclasses.replace(engine.stats)  # a copy: an engine's stats object keeps counting
+    frames0, faces0 = stats0.frames, stats0.faces
+    cpu0 = os.times()
     eng_drop0 = sum(engine.stats.dropped.values())
     src_drop0 = sum(s.stats.frames_dropped for s in sources)
     for p in pipelines:
@@ -283,7 +288,10 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
     with Utilisation() as util:
         await asyncio.sleep(args.duration)
     seconds = time.perf_counter() - t0
-    frames = engine.stats.frames - frames0
+    cpu1 = os.times()
+    stats1 = dataclasses.replace(engine.stats)
+    frames = stats1.frames - frames0
+    batches = stats1.batches - stats0.batches
     latencies = np.array([x for p in pipelines for x in p.latencies]) * 1000
     fps_in = float(np.mean([s.stats.fps_in for s in sources]))
     decoders = sorted({str(s.stats.decoder) for s in sources})
@@ -304,6 +312,12 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         "latency_p99_ms": round(float(np.percentile(latencies, 99)), 1) if len(latencies) else None,
         "decode_fps_per_stream": round(fps_in, 1),
         "gpu_mem_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "nvdec_workers": NVDEC.workers_per_gpu,
+        "mean_batch_frames": round(frames / batches, 2) if batches else None,
+        # busy share of the engines' detection and classification stages (detection: per detection thread)
+        "detect_busy": round((stats1.detect_s - stats0.detect_s) / seconds / max(args.detect_workers * args.gpus, 1), 3),
+        "classify_busy": round((stats1.classify_s - stats0.classify_s) / seconds / max(args.gpus, 1), 3),
+        "analyzer_cores_busy": round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / seconds, 2),
         **util.summary(),
     }
     for s in sources:
@@ -355,27 +369,61 @@ def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngi
     return engines[0] if len(engines) == 1 else EnginePool(engines)
 
 
-def live_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
-    engine = live_engine(args, device)
-    NVDEC.workers_per_gpu = args.nvdec_workers
+class DecodeOnlyEngine:
+    """Stands in for the engine in ``--parts sources``: every sample is answered at once with no faces.
+
+    What the decoders alone deliver (decode rate, samples/s, CPU) with nothing else on the GPU.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stats = EngineStats()
+
+    def device_for(self, stream: str) -> torch.device:
+        return self.device
+
+    def submit(self, stream: str, image: object) -> Future[FrameResult]:
+        now = time.monotonic()
+        self.stats.frames += 1
+        self.stats.batches += 1
+        future: Future[FrameResult] = Future()
+        future.set_result(FrameResult([], now, now, 1))
+        return future
+
+    def forget(self, stream: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def live_part(args: argparse.Namespace, device: torch.device, decode_only: bool = False) -> list[dict[str, object]]:
+    """Rows for every (decoder workers, N): the pools are closed between worker counts."""
+    engine = DecodeOnlyEngine(device) if decode_only else live_engine(args, device)
     rows = []
     try:
-        for n in args.streams:
-            row = asyncio.run(live_once(n, args, engine))
-            behind = row["samples_per_s"] < 0.9 * row["expected_samples_per_s"] or (row["engine_dropped"] + row["source_dropped"]) > 0.02 * row["expected_samples_per_s"] * args.duration
-            row["falls_behind"] = bool(behind)
-            rows.append(row)
-            if args.partial_out is not None:  # a run cut short still leaves its rows
-                args.partial_out.write_text(json.dumps(rows, indent=1))
-            print(
-                f"  {args.decoder:7s} {args.skip_frames:6s} N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} faces/s {row['faces_per_s']:7.1f} "
-                f"drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
-                f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% nvdec {row['nvdec_util_pct']}% cpu {row['cpu_cores_busy']} cores "
-                f"mem {row['gpu_mem_peak_gib']} GiB {row['decoders_used']}{'  BEHIND' if behind else ''}",
-                flush=True,
-            )
-            if behind:
-                break
+        for workers in args.nvdec_workers or [None]:
+            NVDEC.workers_per_gpu = workers
+            for n in args.streams:
+                row = asyncio.run(live_once(n, args, engine))  # type: ignore[arg-type]
+                behind = row["samples_per_s"] < 0.9 * row["expected_samples_per_s"] or (row["engine_dropped"] + row["source_dropped"]) > 0.02 * row["expected_samples_per_s"] * args.duration
+                row["falls_behind"] = bool(behind)
+                if decode_only:
+                    row["part"] = "sources"
+                rows.append(row)
+                if args.partial_out is not None:  # a run cut short still leaves its rows
+                    args.partial_out.write_text(json.dumps(rows, indent=1))
+                print(
+                    f"  {row['part']:7s} {args.decoder:7s} {args.skip_frames:6s} workers={workers} N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} "
+                    f"faces/s {row['faces_per_s']:7.1f} drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
+                    f"batch {row['mean_batch_frames']} detect {row['detect_busy']} classify {row['classify_busy']} "
+                    f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% nvdec {row['nvdec_util_pct']}% cpu {row['cpu_cores_busy']} cores "
+                    f"(analyzer {row['analyzer_cores_busy']}) mem {row['gpu_mem_peak_gib']} GiB {row['decoders_used']}{'  BEHIND' if behind else ''}",
+                    flush=True,
+                )
+                if behind and not args.keep_going:
+                    break
+            close_pools()
     finally:
         close_pools()
         engine.close()
@@ -398,11 +446,12 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--decoder", choices=["auto", "nvdec", "thread", "process"], default="auto", help="how live streams are decoded (see StreamConfig.decoder)")
     parser.add_argument("--detect-workers", type=int, default=2, help="engine detection threads (CUDA)")
-    parser.add_argument("--nvdec-workers", type=int, default=None, help="NVDEC worker processes per GPU (0: decode in this process's threads)")
+    parser.add_argument("--nvdec-workers", type=int, nargs="+", default=None, help="NVDEC worker processes per GPU (0: decode in this process's threads); several values: a row set for each")
+    parser.add_argument("--keep-going", action="store_true", help="live: measure every N even after one falls behind")
     parser.add_argument("--gpus", type=int, default=1, help="live: one engine per GPU, streams placed by load")
     parser.add_argument("--live-models", type=int, default=1, help="live: ensemble size (7 = the winner's full ensemble)")
     parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")
-    parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "latency", "live"])
+    parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "latency", "live", "sources"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
     parser.add_argument("--no-graphs", action="store_true", help="live: eager classifier (no CUDA graphs)")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
@@ -429,6 +478,9 @@ def main() -> int:
     if "live" in args.parts:
         print("live streams (1080p H.264, looped in real time):", flush=True)
         rows += live_part(args, device)
+    if "sources" in args.parts:
+        print("decoders alone (no engine: every sample answered at once):", flush=True)
+        rows += live_part(args, device, decode_only=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
-from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, fixed_batch_process, generateBoundingBox, imresample, rerec
+from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, fixed_batch_process, imresample, rerec
 from torchvision.ops import batched_nms
 
 
@@ -63,6 +63,68 @@ def _crops(table: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, s
     return crops, valid
 
 
+def _cell_corners(size: int, scale: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """generateBoundingBox's box corners for every P-Net output cell along one axis (same ops, same rounding)."""
+    cells = torch.arange(size, device=device, dtype=torch.float32)
+    return ((2 * cells + 1) / scale).floor(), ((2 * cells + 12) / scale).floor()
+
+
+def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: list[float], threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """P-Net over the pyramid, thresholded and NMS'd per (frame, scale): boxes (K, 9) and frame indices.
+
+    facenet-pytorch thresholds and suppresses scale by scale, three host synchronisations a scale
+    (nonzero, two boolean masks) and one more in each NMS, so the GPU idles between scales. Here
+    every scale's P-Net is queued first and all cells above the threshold come out of one
+    ``nonzero``; only the per-scale NMS calls still wait for the device (as little work is queued
+    behind them by then). The values are facenet's own: each box corner is computed by the same
+    expression on the same float32 cell coordinate, and each scale's NMS gets exactly facenet's
+    inputs, so the result is equal bit for bit and in facenet's order.
+    """
+    h, w = imgs.shape[2:4]
+    device = imgs.device
+    probs_flat, reg_flat, corners, shapes = [], [], [], []
+    for scale in scales:
+        im_data = (imresample(imgs, (int(h * scale + 1), int(w * scale + 1))) - 127.5) * 0.0078125
+        reg, probs = pnet(im_data)
+        probs_flat.append(probs[:, 1].reshape(-1))
+        reg_flat.append(reg.permute(1, 0, 2, 3).reshape(4, -1))
+        n, _, rows, cols = probs.shape
+        shapes.append((n, rows, cols))
+        corners.append((*_cell_corners(cols, scale, device), *_cell_corners(rows, scale, device)))
+    probs_all = torch.cat(probs_flat)
+    sizes = [n * rows * cols for n, rows, cols in shapes]
+    cells = (probs_all >= threshold).nonzero().squeeze(1)  # the one host synchronisation of the pyramid
+    if cells.numel() == 0:
+        return torch.zeros((0, 9), device=device), torch.zeros((0,), dtype=torch.int64, device=device)
+    starts = torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()], device=device)
+    scale_of = torch.searchsorted(starts, cells, right=True) - 1
+    local = cells - starts[scale_of]
+    rows_t = torch.tensor([r for _, r, _ in shapes], device=device)
+    cols_t = torch.tensor([c for _, _, c in shapes], device=device)
+    per_image = rows_t[scale_of] * cols_t[scale_of]
+    image_inds = local // per_image
+    y = (local % per_image) // cols_t[scale_of]
+    x = local % cols_t[scale_of]
+    # each scale's corner tables side by side: x and y offsets of a scale's first cell
+    x_starts = torch.tensor([0, *np.cumsum([c for _, _, c in shapes])[:-1].tolist()], device=device)
+    y_starts = torch.tensor([0, *np.cumsum([r for _, r, _ in shapes])[:-1].tolist()], device=device)
+    x1, x2 = (torch.cat([c[i] for c in corners]) for i in (0, 1))
+    y1, y2 = (torch.cat([c[i] for c in corners]) for i in (2, 3))
+    xi, yi = x_starts[scale_of] + x, y_starts[scale_of] + y
+    reg = torch.cat(reg_flat, dim=1)[:, cells].permute(1, 0)
+    boxes = torch.cat([torch.stack([x1[xi], y1[yi], x2[xi], y2[yi], probs_all[cells]], dim=1), reg], dim=1)
+    # NMS 0.5 per (frame, scale), scale by scale as facenet calls it: identical inputs in identical
+    # order, so ties in score (saturated probabilities of 1.0 are common) resolve as facenet's do
+    ends = torch.searchsorted(cells, torch.tensor(np.cumsum(sizes).tolist(), device=device)).tolist()
+    keep, begin = [], 0
+    for end in ends:
+        if end > begin:
+            keep.append(batched_nms(boxes[begin:end, :4], boxes[begin:end, 4], image_inds[begin:end], 0.5) + begin)
+        begin = end
+    keep = torch.cat(keep)
+    return boxes[keep], image_inds[keep]
+
+
 def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor) -> list[np.ndarray]:
     """Run the cascade on a batch (N, H, W, 3) of equal-size frames; returns per frame an (n, 5) array of box + prob."""
     pnet, rnet, onet = mtcnn.pnet, mtcnn.rnet, mtcnn.onet
@@ -83,17 +145,7 @@ def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor) -> list[np.ndarray]:
         scale_i *= factor
         minl *= factor
 
-    boxes_list, inds_list, picks, offset = [], [], [], 0
-    for scale in scales:
-        im_data = (imresample(imgs, (int(h * scale + 1), int(w * scale + 1))) - 127.5) * 0.0078125
-        reg, probs = pnet(im_data)
-        boxes_scale, inds_scale = generateBoundingBox(reg, probs[:, 1], scale, threshold[0])
-        boxes_list.append(boxes_scale)
-        inds_list.append(inds_scale)
-        picks.append(batched_nms(boxes_scale[:, :4], boxes_scale[:, 4], inds_scale, 0.5) + offset)
-        offset += boxes_scale.shape[0]
-    boxes = torch.cat(boxes_list)[torch.cat(picks)]
-    image_inds = torch.cat(inds_list)[torch.cat(picks)]
+    boxes, image_inds = pnet_stage(pnet, imgs, scales, threshold[0])
 
     pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
     boxes, image_inds = boxes[pick], image_inds[pick]

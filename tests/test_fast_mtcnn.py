@@ -53,3 +53,48 @@ def test_batch_equals_single_frames(detectors) -> None:
     batched = fast.detect(frames)
     for frame, b in zip(frames, batched, strict=True):
         np.testing.assert_array_equal(fast.detect([frame])[0].boxes, b.boxes)
+
+
+def facenet_pnet_stage(mtcnn, imgs, scales, threshold):
+    """facenet-pytorch's own P-Net loop (detect_face), scale by scale, as the reference."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import generateBoundingBox, imresample
+    from torchvision.ops import batched_nms
+
+    h, w = imgs.shape[2:4]
+    boxes, inds, picks, offset = [], [], [], 0
+    for scale in scales:
+        im_data = (imresample(imgs, (int(h * scale + 1), int(w * scale + 1))) - 127.5) * 0.0078125
+        reg, probs = mtcnn.pnet(im_data)
+        b, i = generateBoundingBox(reg, probs[:, 1], scale, threshold)
+        boxes.append(b)
+        inds.append(i)
+        picks.append(batched_nms(b[:, :4], b[:, 4], i, 0.5) + offset)
+        offset += b.shape[0]
+    pick = torch.cat(picks)
+    return torch.cat(boxes)[pick], torch.cat(inds)[pick]
+
+
+def test_pnet_stage_equals_facenets_loop(detectors) -> None:
+    """One nonzero and one NMS for the whole pyramid give facenet's candidates bit for bit, in its order."""
+    import torch
+
+    from detector.fast_mtcnn import pnet_stage
+
+    _, fast = detectors
+    mtcnn = fast.mtcnn
+    for height, shifts in ((480, (-50, 0, 50)), (1080, (0, 90))):
+        frames = np.stack([astronaut_frame(height, shift=s) for s in shifts])
+        imgs = torch.as_tensor(frames).permute(0, 3, 1, 2).float()
+        h, w = imgs.shape[2:4]
+        scales, scale, side = [], 12.0 / mtcnn.min_face_size, min(h, w) * 12.0 / mtcnn.min_face_size
+        while side >= 12:
+            scales.append(scale)
+            scale *= mtcnn.factor
+            side *= mtcnn.factor
+        with torch.no_grad():
+            ref_boxes, ref_inds = facenet_pnet_stage(mtcnn, imgs, scales, mtcnn.thresholds[0])
+            boxes, inds = pnet_stage(mtcnn.pnet, imgs, scales, mtcnn.thresholds[0])
+        assert len(ref_boxes) > 50  # the stage has real work to agree on
+        assert torch.equal(boxes, ref_boxes)
+        assert torch.equal(inds, ref_inds)
