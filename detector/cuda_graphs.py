@@ -46,8 +46,10 @@ class GraphedModel:
                         model(static_in)
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
+                # a capture stream of this GPU: torch.cuda.graph's default one is made once, on whichever
+                # GPU captured first, and capturing cuda:1's kernels on cuda:0's stream fails;
                 # thread_local: another engine's threads (another GPU) may use CUDA while this one captures
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
                     static_out = model(static_in)
                 self._inputs[size], self._outputs[size], self._graphs[size] = static_in, static_out, graph
         torch.cuda.synchronize(self.device)

@@ -64,6 +64,20 @@ def test_cuda_graphs_match_eager() -> None:
     assert np.abs(ensemble.predict(torch.cat([x, x])) - np.concatenate([eager, eager], axis=1)).max() < 1e-3  # > largest size: chunks
 
 
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_graphs_on_the_second_gpu_after_the_first() -> None:
+    """Graphs captured on cuda:0 first, then on cuda:1 (one engine per GPU): both replay what eager gives."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 380, 380, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    for index in (0, 1):
+        device = torch.device("cuda", index)
+        ensemble = Ensemble([DeepFakeClassifier(ENCODER)], device)
+        xd = x.to(device)
+        eager = ensemble.predict(xd)
+        ensemble.enable_cuda_graphs(380, sizes=(1, 8))
+        assert np.abs(eager - ensemble.predict(xd)).max() < 1e-3, device
+
 def test_engine_on_cuda() -> None:
     torch.manual_seed(0)
     ensemble = Ensemble([DeepFakeClassifier(ENCODER)], torch.device("cuda"))

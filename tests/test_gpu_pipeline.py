@@ -149,7 +149,7 @@ def test_a_failing_decoder_session_is_recreated(tmp_path: Path, monkeypatch: pyt
     nvdec_or_skip()
     from stream.sources import nvdec
 
-    path = clip(tmp_path, frames=100)
+    path = as_mpegts(clip(tmp_path, frames=100))
     calls = {"n": 0}
     original = nvdec.NvdecDecoder._submit  # noqa: SLF001 - the one binding call, failed on purpose
 
@@ -165,6 +165,18 @@ def test_a_failing_decoder_session_is_recreated(tmp_path: Path, monkeypatch: pyt
     frames, stats = asyncio.run(sampled_frames(cfg, "cuda:0", limit=15))
     assert stats.reconnects >= 1 and stats.decoder == "nvdec:0"
     assert len(frames) == 15
+
+
+def as_mpegts(path: Path) -> Path:
+    """The clip remuxed to MPEG-TS: read front to back over plain HTTP (an MP4 would need range requests)."""
+    out = path.with_suffix(".ts")
+    with av.open(str(path)) as src, av.open(str(out), mode="w", format="mpegts") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return out
 
 
 def serve(path: Path) -> int:

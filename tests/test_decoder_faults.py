@@ -1,0 +1,32 @@
+"""A decoder that fails mid-stream costs a reconnect, not the stream: the CPU side of the GPU suite's NVDEC test."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from stream.sources import url as url_module
+from stream.sources.base import SourceError
+from stream.sources.config import StreamConfig
+from tests.test_gpu_pipeline import as_mpegts, clip, sampled_frames, serve
+
+
+def test_a_failing_decoder_is_recreated_on_reconnect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = as_mpegts(clip(tmp_path, frames=100))
+    calls = {"n": 0}
+    original = url_module._CpuDecoder.decode  # noqa: SLF001 - the one decoding call, failed on purpose
+
+    def failing_once(packet):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise SourceError("decoder session lost (simulated)")
+        return original(packet)
+
+    monkeypatch.setattr(url_module._CpuDecoder, "decode", staticmethod(failing_once))  # noqa: SLF001
+    url = f"http://127.0.0.1:{serve(path)}/{path.name}"  # a network source reconnects (a file would fail for good)
+    cfg = StreamConfig(name="flaky", url=url, sample_fps=5, decoder="thread", reconnect_min_s=0.1, reconnect_max_s=0.2)
+    frames, stats = asyncio.run(asyncio.wait_for(sampled_frames(cfg, None, limit=15), 60))
+    assert stats.reconnects == 1 and stats.decoder == "cpu"
+    assert len(frames) == 15
