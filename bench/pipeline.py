@@ -313,6 +313,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         "decode_fps_per_stream": round(fps_in, 1),
         "gpu_mem_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "nvdec_workers": NVDEC.workers_per_gpu,
+        "nvdec_backend": NVDEC.backend,
         "mean_batch_frames": round(frames / batches, 2) if batches else None,
         # busy share of the engines' detection and classification stages (detection: per detection thread)
         "detect_busy": round((stats1.detect_s - stats0.detect_s) / seconds / max(args.detect_workers * args.gpus, 1), 3),
@@ -447,6 +448,7 @@ def main() -> int:
     parser.add_argument("--decoder", choices=["auto", "nvdec", "thread", "process"], default="auto", help="how live streams are decoded (see StreamConfig.decoder)")
     parser.add_argument("--detect-workers", type=int, default=2, help="engine detection threads (CUDA)")
     parser.add_argument("--nvdec-workers", type=int, nargs="+", default=None, help="NVDEC worker processes per GPU (0: decode in this process's threads); several values: a row set for each")
+    parser.add_argument("--nvdec-backend", choices=["pynvvideocodec", "ffmpeg"], default="pynvvideocodec", help="what feeds NVDEC (engine.nvdec_backend)")
     parser.add_argument("--keep-going", action="store_true", help="live: measure every N even after one falls behind")
     parser.add_argument("--gpus", type=int, default=1, help="live: one engine per GPU, streams placed by load")
     parser.add_argument("--live-models", type=int, default=1, help="live: ensemble size (7 = the winner's full ensemble)")
@@ -456,6 +458,7 @@ def main() -> int:
     parser.add_argument("--no-graphs", action="store_true", help="live: eager classifier (no CUDA graphs)")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
     args = parser.parse_args()
+    NVDEC.backend = args.nvdec_backend
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -100,6 +100,12 @@ class EngineConfig(StrictModel):
         description="processes per GPU that demux and feed NVDEC for many streams each (frames reach the engine by CUDA IPC); "
         "0 = in the analyzer's own threads (fine for a few streams); default: half the cores, at most 8",
     )
+    nvdec_backend: Literal["pynvvideocodec", "ffmpeg"] = Field(
+        "pynvvideocodec",
+        description="what feeds NVDEC: pynvvideocodec (NVIDIA's binding, measured; holds the GIL while the hardware works, "
+        "hence the worker processes) or ffmpeg (experimental, not yet run on a GPU: PyAV's CUDA hwaccel, which decodes "
+        "without the GIL; skip_frame and software fallback by FFmpeg)",
+    )
 
     @field_validator("devices")
     @classmethod

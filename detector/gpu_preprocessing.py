@@ -58,15 +58,30 @@ def nv12_to_rgb(nv12: torch.Tensor) -> torch.Tensor:
     if rows % 3 or width % 2:
         raise ValueError(f"NV12 needs an even height and width, got {rows} rows of {width}")
     height = rows // 3 * 2
-    y = batch[:, :height].to(torch.int32)
-    uv = batch[:, height:].reshape(n, height // 2, width // 2, 2).to(torch.int32)
+    rgb = nv12_planes_to_rgb(batch[:, :height], batch[:, height:].reshape(n, height // 2, width // 2, 2))
+    return rgb if nv12.ndim == 3 else rgb[0]
+
+
+def nv12_planes_to_rgb(y: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """NV12 as two planes (FFmpeg's CUDA frames export them apart, with row padding) -> RGB uint8.
+
+    ``y`` (N, H, W) or (H, W) uint8, ``uv`` (N, H/2, W/2, 2) or (H/2, W/2, 2); any strides. The
+    arithmetic of ``nv12_to_rgb`` (bit-exact with swscale on x86).
+    """
+    single = y.ndim == 2
+    if single:
+        y, uv = y.unsqueeze(0), uv.unsqueeze(0)
+    n, height, width = y.shape
+    if height % 2 or width % 2 or tuple(uv.shape) != (n, height // 2, width // 2, 2):
+        raise ValueError(f"NV12 planes need an even size and a half-size chroma plane, got {tuple(y.shape)} and {tuple(uv.shape)}")
+    y, uv = y.to(torch.int32), uv.to(torch.int32)
     u, v = uv[..., 0] * 8 - 1024, uv[..., 1] * 8 - 1024  # (U - 128) << 3
     luma = ((y * 8 - _SWS_Y_OFFSET) * _SWS_Y_COEFF) >> 16  # >> on int32 floors, as pmulhw does
     chroma = torch.stack([(v * _SWS_V2R) >> 16, ((u * _SWS_U2G) >> 16) + ((v * _SWS_V2G) >> 16), (u * _SWS_U2B) >> 16], dim=-1)
     # Each chroma sample is added to its 2x2 block of luma by broadcasting, without upsampling it.
     rgb = luma.to(torch.int16).view(n, height // 2, 2, width // 2, 2, 1) + chroma.to(torch.int16).view(n, height // 2, 1, width // 2, 1, 3)
     rgb = rgb.clamp_(0, 255).to(torch.uint8).view(n, height, width, 3)
-    return rgb if nv12.ndim == 3 else rgb[0]
+    return rgb[0] if single else rgb
 
 
 def shrink_for_detection(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

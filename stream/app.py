@@ -70,6 +70,7 @@ class App:
         self.discovery = start_discovery(cfg.discovery, cfg.mqtt, self.publisher, shard.instance)
         NVDEC.sessions_per_gpu = cfg.engine.nvdec_sessions_per_gpu
         NVDEC.workers_per_gpu = cfg.engine.nvdec_workers
+        NVDEC.backend = cfg.engine.nvdec_backend
         self.service = StreamService(
             self.engine,
             self.publisher,

@@ -105,6 +105,34 @@ def test_nvdec_frames_stay_on_the_gpu_and_match_ffmpeg(tmp_path: Path, codec: st
         assert diff.mean() < 2.5, diff.mean()
 
 
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_ffmpeg_nvdec_frames_stay_on_the_gpu_and_equal_ffmpegs(tmp_path: Path, codec: str, in_process: object) -> None:
+    """The ffmpeg backend (PyAV's CUDA hwaccel), four streams in threads at once: NVDEC pictures, swscale's RGB."""
+    from stream.sources.config import NVDEC
+    from stream.sources.ffmpeg_nvdec import ffmpeg_nvdec_available
+
+    if reason := ffmpeg_nvdec_available(0):
+        pytest.skip(reason)
+    path = clip(tmp_path, codec)
+    saved, NVDEC.backend = NVDEC.backend, "ffmpeg"
+
+    async def four() -> list[tuple[list, object]]:
+        cfgs = [StreamConfig(name=f"cam{i}", url=str(path), sample_fps=5, decoder="nvdec", skip_frames="nonref") for i in range(4)]
+        return await asyncio.gather(*(sampled_frames(cfg, "cuda:0") for cfg in cfgs))
+
+    try:
+        results = asyncio.run(four())
+    finally:
+        NVDEC.backend = saved
+    reference = cpu_reference(path)
+    for frames, stats in results:
+        assert stats.decoder == "nvdec:0" and len(frames) == 10
+        for frame in frames:
+            assert isinstance(frame.image, torch.Tensor) and frame.image.is_cuda
+            diff = np.abs(frame.image.cpu().numpy().astype(np.int16) - reference[round(frame.pts_s, 3)].astype(np.int16))
+            assert diff.mean() < 0.01 and diff.max() <= 2, (diff.mean(), diff.max())
+
 def test_nvdec_skips_non_reference_pictures(tmp_path: Path, in_process: object) -> None:
     nvdec_or_skip()
     path = clip(tmp_path, "libx264", params="bframes=3:b-pyramid=none:keyint=25")

@@ -62,6 +62,7 @@ class NvdecSettings:
 
     sessions_per_gpu: int = 512
     workers_per_gpu: int | None = None  # None: default_workers(); 0: in the analyzer's own threads
+    backend: Literal["pynvvideocodec", "ffmpeg"] = "pynvvideocodec"  # who feeds NVDEC (ffmpeg: PyAV's hwaccel)
 
 
 NVDEC = NvdecSettings()

@@ -67,9 +67,14 @@ def nvdec_gpu(cfg: StreamConfig, device: object) -> int | None:
     if kind != "cuda":
         reason = f"the engine runs on {device or 'cpu'}, so frames would have to cross to the host"
     else:
-        from stream.sources.nvdec import nvdec_available
+        if NVDEC.backend == "ffmpeg":
+            from stream.sources.ffmpeg_nvdec import ffmpeg_nvdec_available
 
-        reason = nvdec_available()
+            reason = ffmpeg_nvdec_available(int(index or 0))
+        else:
+            from stream.sources.nvdec import nvdec_available
+
+            reason = nvdec_available()
         if reason is None:
             return int(index or 0)
     if cfg.decoder == "nvdec":

@@ -40,7 +40,7 @@ from stream.sources.base import (
     StateCallback,
     StreamState,
 )
-from stream.sources.config import StreamConfig
+from stream.sources.config import NVDEC, StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ class VideoSource:
         self._frames: _FrameDecoder | None = None  # this connection's decoder
         self._decoder_name: str | None = None
         self._nvdec_refusal: str | None = None  # the last reason NVDEC could not take this stream
+        self._ffmpeg_session = False  # this connection holds a decoder session for FFmpeg's NVDEC
 
     # ------------------------------------------------------------------ async API (event loop)
     @property
@@ -389,18 +390,59 @@ class VideoSource:
             if path.is_dir():
                 raise FatalSourceError(f"{self._safe_url}: is a directory, not a video file")
         started = time.monotonic()
+        hwaccel = self._take_ffmpeg_nvdec_session()
         try:
             return av.open(
                 str(target.local_path) if target.local_path is not None else target.url,
                 mode="r",
                 options=ffmpeg_options(target.scheme, self._read_timeout_s),
                 timeout=(self.cfg.open_timeout_s, self._read_timeout_s),
+                **({"hwaccel": hwaccel} if hwaccel is not None else {}),
             )
-        except av.error.ProtocolNotFoundError:
+        except BaseException as exc:
+            self._release_ffmpeg_nvdec_session()  # the connection never got its decoder
+            self._open_failed(target, started, exc)
+            raise
+
+    def _take_ffmpeg_nvdec_session(self) -> object | None:
+        """PyAV's hwaccel for this connection when FFmpeg's NVDEC is to decode it (one of the GPU's
+        decoder sessions taken), else None: the CPU decodes, with the reason logged once."""
+        if self._nvdec_gpu is None or NVDEC.backend != "ffmpeg":
+            return None
+        from stream.sources.ffmpeg_nvdec import ffmpeg_nvdec_available, hwaccel
+        from stream.sources.nvdec import SESSIONS, NvdecUnavailable
+
+        reason = ffmpeg_nvdec_available(self._nvdec_gpu)
+        if reason is not None:
+            self._note_nvdec_refusal(reason)
+            return None
+        try:
+            SESSIONS.acquire(self._nvdec_gpu)
+        except NvdecUnavailable as exc:
+            self._note_nvdec_refusal(str(exc))
+            return None
+        self._ffmpeg_session = True
+        return hwaccel(self._nvdec_gpu)
+
+    def _release_ffmpeg_nvdec_session(self) -> None:
+        if self._ffmpeg_session and self._nvdec_gpu is not None:
+            from stream.sources.nvdec import SESSIONS
+
+            self._ffmpeg_session = False
+            SESSIONS.release(self._nvdec_gpu)
+
+    def _note_nvdec_refusal(self, reason: str) -> None:
+        if reason != self._nvdec_refusal:
+            self._nvdec_refusal = reason
+            self._log(logging.WARNING, "nvdec_fallback", "%s; decoding on the CPU instead", reason)
+
+    def _open_failed(self, target: _Target, started: float, exc: BaseException) -> None:
+        """Raise the error a failed ``av.open`` means for this source (fatal for a file, a reconnect otherwise)."""
+        if isinstance(exc, av.error.ProtocolNotFoundError):
             raise FatalSourceError(
                 f"{self._safe_url}: unsupported URL scheme {target.scheme!r} (no such FFmpeg protocol)"
             ) from None
-        except (av.error.FFmpegError, OSError) as exc:
+        if isinstance(exc, (av.error.FFmpegError, OSError)):
             # FFmpeg reports its own timeouts as odd errors ("Invalid data..."): judge by the clock.
             limit, which = self.cfg.open_timeout_s, "open timeout"
             if not target.is_file and self._read_timeout_s < limit:  # the socket I/O timeout came first
@@ -455,6 +497,7 @@ class VideoSource:
             if self._frames is not None:
                 self._frames.close()
                 self._frames = None
+            self._release_ffmpeg_nvdec_session()
             container.close()
 
     def _stall_message(self) -> str:
@@ -468,15 +511,20 @@ class VideoSource:
         A refusal (codec, pixel format, size, no free session) is logged once per reason and
         asked again at the next connection, when a session may have become free.
         """
-        if self._nvdec_gpu is not None:
+        if self._ffmpeg_session and self._nvdec_gpu is not None:  # the container was opened with FFmpeg's NVDEC
+            from stream.sources.ffmpeg_nvdec import FfmpegNvdecDecoder
+
+            self._ffmpeg_session = False  # the decoder holds the session now and releases it on close
+            ffmpeg_decoder = FfmpegNvdecDecoder(video, self._nvdec_gpu, self.cfg.skip_frames)
+            self._decoder_name = ffmpeg_decoder.name
+            return ffmpeg_decoder
+        if self._nvdec_gpu is not None and NVDEC.backend != "ffmpeg":
             from stream.sources.nvdec import NvdecDecoder, NvdecUnavailable
 
             try:
                 decoder: _FrameDecoder = NvdecDecoder(video, self._nvdec_gpu, self.cfg.skip_frames)
             except NvdecUnavailable as exc:
-                if str(exc) != self._nvdec_refusal:
-                    self._nvdec_refusal = str(exc)
-                    self._log(logging.WARNING, "nvdec_fallback", "%s; decoding on the CPU instead", exc)
+                self._note_nvdec_refusal(str(exc))
             else:
                 self._decoder_name = f"nvdec:{self._nvdec_gpu}"
                 return decoder
@@ -505,6 +553,11 @@ class VideoSource:
             return
         assert self._frames is not None
         image = self._frames.to_image(frame)  # only sampled frames pay for RGB
+        name = getattr(self._frames, "name", None)  # FFmpeg decodes a stream NVDEC refuses in software
+        if name is not None and name != self._decoder_name:
+            if name == "cpu":
+                self._note_nvdec_refusal(str(getattr(self._frames, "refusal", "NVDEC did not take this stream")))
+            self._decoder_name = name
         with self._lock:
             sampled = SampledFrame(image, pts_s, now, wall, self._frames_sampled)
             self._frames_sampled += 1

@@ -142,6 +142,9 @@ async def _worker_main_async(conn: Connection, gpu: int | None) -> None:
 def _worker_main(fd: int, gpu: int | None) -> None:
     """Entry point of ``python -m stream.sources.workers FD GPU`` (GPU: an index, or ``cpu``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the analyzer decides when streams stop
+    from stream.sources.config import NVDEC
+
+    NVDEC.backend = os.environ.get("DEEPFAKE_STREAM_NVDEC_BACKEND", NVDEC.backend)  # type: ignore[assignment]
     logging.basicConfig(level=int(os.environ.get("DEEPFAKE_STREAM_LOG_LEVEL", logging.INFO)), format="%(asctime)s %(levelname)-7s %(name)s[decoder-worker]: %(message)s")
     with contextlib.suppress(RuntimeError):  # "Event loop stopped before Future completed" when the analyzer left
         asyncio.run(_worker_main_async(Connection(fd), gpu))
@@ -153,7 +156,9 @@ class _WorkerHandle:
 
     def __init__(self, gpu: int | None, index: int) -> None:
         parent_sock, child_sock = socket.socketpair()
-        env = {**os.environ, "DEEPFAKE_STREAM_LOG_LEVEL": str(logging.getLogger().getEffectiveLevel())}
+        from stream.sources.config import NVDEC
+
+        env = {**os.environ, "DEEPFAKE_STREAM_LOG_LEVEL": str(logging.getLogger().getEffectiveLevel()), "DEEPFAKE_STREAM_NVDEC_BACKEND": NVDEC.backend}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream.sources.workers", str(child_sock.fileno()), "cpu" if gpu is None else str(gpu)],
             pass_fds=[child_sock.fileno()],
