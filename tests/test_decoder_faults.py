@@ -10,7 +10,7 @@ import pytest
 from stream.sources import url as url_module
 from stream.sources.base import SourceError
 from stream.sources.config import StreamConfig
-from tests.test_gpu_pipeline import as_mpegts, clip, sampled_frames, serve
+from tests.fixtures.decoding import as_mpegts, clip, sampled_frames, serve
 
 
 def test_a_failing_decoder_is_recreated_on_reconnect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

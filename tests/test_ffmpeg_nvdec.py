@@ -17,7 +17,7 @@ from detector.gpu_preprocessing import nv12_planes_to_rgb
 from stream.sources.config import NVDEC, StreamConfig
 from stream.sources.ffmpeg_nvdec import ffmpeg_nvdec_available, nv12_planes
 from stream.sources.url import VideoSource
-from tests.test_gpu_pipeline import clip, cpu_reference
+from tests.fixtures.decoding import clip, cpu_reference
 
 
 def test_nv12_planes_give_ffmpegs_rgb(tmp_path: Path) -> None:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -20,13 +18,12 @@ import torch
 from detector.classifier import DeepFakeClassifier, Ensemble
 from detector.engine import InferenceEngine, SampleDropped
 from detector.faces import FaceDetector
-from stream.demo_media import astronaut_frame, write_video
+from stream.demo_media import astronaut_frame
 from stream.sources.config import StreamConfig
-from stream.sources.factory import open_source
+from tests.fixtures.decoding import as_mpegts, clip, cpu_reference, sampled_frames, serve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ENCODER = "tf_efficientnet_b0.ns_jft_in1k"
-CLIPS = Path(__file__).resolve().parents[2] / "shared" / "media" / "clips"
 
 
 def nvdec_or_skip() -> None:
@@ -35,40 +32,6 @@ def nvdec_or_skip() -> None:
     reason = nvdec_available()
     if reason:
         pytest.skip(reason)
-
-
-def clip(tmp_path: Path, codec: str = "libx264", frames: int = 50, height: int = 360, params: str = "") -> Path:
-    path = tmp_path / f"astronaut-{codec}-{height}.mp4"
-    images = [astronaut_frame(height, shift=int(20 * np.sin(i / 8))) for i in range(frames)]
-    if codec == "libx264" and not params:
-        return write_video(path, images, fps=25)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=25)
-        stream.width, stream.height = images[0].shape[1] - images[0].shape[1] % 2, height
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "fast", ("x265-params" if codec == "libx265" else "x264-params"): params or "log-level=error"}
-        for image in images:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:, : stream.width]), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-async def sampled_frames(cfg: StreamConfig, device: str | None, limit: int = 100) -> tuple[list, object]:
-    source = open_source(cfg, device=device)
-    source.start()
-    frames = []
-    while len(frames) < limit and (frame := await source.next_frame()) is not None:
-        frames.append(frame)
-    stats = source.stats
-    await source.stop()
-    return frames, stats
-
-
-def cpu_reference(path: Path) -> dict[float, np.ndarray]:
-    with av.open(str(path)) as container:
-        return {round(float(f.time), 3): f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
 
 
 @pytest.fixture
@@ -193,28 +156,6 @@ def test_a_failing_decoder_session_is_recreated(tmp_path: Path, monkeypatch: pyt
     frames, stats = asyncio.run(sampled_frames(cfg, "cuda:0", limit=15))
     assert stats.reconnects >= 1 and stats.decoder == "nvdec:0"
     assert len(frames) == 15
-
-
-def as_mpegts(path: Path) -> Path:
-    """The clip remuxed to MPEG-TS: read front to back over plain HTTP (an MP4 would need range requests)."""
-    out = path.with_suffix(".ts")
-    with av.open(str(path)) as src, av.open(str(out), mode="w", format="mpegts") as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
-    return out
-
-
-def serve(path: Path) -> int:
-    import functools
-    import http.server
-
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server.server_address[1]
 
 
 @pytest.fixture(scope="module")
