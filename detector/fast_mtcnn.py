@@ -69,6 +69,11 @@ def _cell_corners(size: int, scale: float, device: torch.device) -> tuple[torch.
     return ((2 * cells + 1) / scale).floor(), ((2 * cells + 12) / scale).floor()
 
 
+def _first_offsets(counts: list[int], device: torch.device) -> torch.Tensor:
+    """Where each of consecutive runs of ``counts`` items starts (exclusive prefix sums)."""
+    return torch.tensor([0, *np.cumsum(counts)[:-1].tolist()], device=device)
+
+
 def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: list[float], threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """P-Net over the pyramid, thresholded and NMS'd per (frame, scale): boxes (K, 9) and frame indices.
 
@@ -96,7 +101,7 @@ def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: list[float], t
     cells = (probs_all >= threshold).nonzero().squeeze(1)  # the one host synchronisation of the pyramid
     if cells.numel() == 0:
         return torch.zeros((0, 9), device=device), torch.zeros((0,), dtype=torch.int64, device=device)
-    starts = torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()], device=device)
+    starts = _first_offsets(sizes, device)
     scale_of = torch.searchsorted(starts, cells, right=True) - 1
     local = cells - starts[scale_of]
     rows_t = torch.tensor([r for _, r, _ in shapes], device=device)
@@ -106,8 +111,8 @@ def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: list[float], t
     y = (local % per_image) // cols_t[scale_of]
     x = local % cols_t[scale_of]
     # each scale's corner tables side by side: x and y offsets of a scale's first cell
-    x_starts = torch.tensor([0, *np.cumsum([c for _, _, c in shapes])[:-1].tolist()], device=device)
-    y_starts = torch.tensor([0, *np.cumsum([r for _, r, _ in shapes])[:-1].tolist()], device=device)
+    x_starts = _first_offsets([c for _, _, c in shapes], device)
+    y_starts = _first_offsets([r for _, r, _ in shapes], device)
     x1, x2 = (torch.cat([c[i] for c in corners]) for i in (0, 1))
     y1, y2 = (torch.cat([c[i] for c in corners]) for i in (2, 3))
     xi, yi = x_starts[scale_of] + x, y_starts[scale_of] + y

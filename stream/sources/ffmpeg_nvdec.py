@@ -18,14 +18,11 @@ before the picture goes back to FFmpeg's pool; unsampled pictures never leave th
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 import av
 
-from stream.sources.nvdec import MAX_SIDE, SESSIONS, SUPPORTED_CODECS, NvdecUnavailable
-
-log = logging.getLogger(__name__)
+from stream.sources.nvdec import MAX_SIDE, SESSIONS, SUPPORTED_CODECS
 
 
 @functools.cache
@@ -128,4 +125,4 @@ def unsupported_reason(stream: av.video.stream.VideoStream) -> str:
     return f"NVDEC did not take this {context.name} stream ({context.profile or 'unknown'} profile, {context.pix_fmt})"
 
 
-__all__ = ["FfmpegNvdecDecoder", "NvdecUnavailable", "ffmpeg_nvdec_available", "hwaccel", "nv12_planes", "unsupported_reason"]
+__all__ = ["FfmpegNvdecDecoder", "ffmpeg_nvdec_available", "hwaccel", "nv12_planes", "unsupported_reason"]
