@@ -34,6 +34,30 @@ def nvdec_or_skip() -> None:
         pytest.skip(reason)
 
 
+def ffmpeg_nvdec_or_skip() -> None:
+    """Skip only where this PyAV has no CUDA hwaccel; torch's context made first, as the engine does in the service."""
+    from av.codec.hwaccel import hwdevices_available
+
+    from stream.sources.ffmpeg_nvdec import ffmpeg_nvdec_available
+
+    if "cuda" not in hwdevices_available():
+        pytest.skip("this PyAV's FFmpeg has no CUDA hwaccel")
+    torch.zeros(1, device="cuda:0")  # torch's primary context exists before FFmpeg is asked, as when the engine loads first
+    ffmpeg_nvdec_available.cache_clear()
+    assert ffmpeg_nvdec_available(0) is None
+
+
+def test_ffmpeg_nvdec_takes_torchs_context_and_leaves_the_callers_device() -> None:
+    """FFmpeg refused the primary context torch had made (other flags); it must take torch's context instead."""
+    ffmpeg_nvdec_or_skip()
+    assert torch.cuda.current_device() == 0
+    if torch.cuda.device_count() > 1:
+        from stream.sources.ffmpeg_nvdec import ffmpeg_nvdec_available
+
+        assert ffmpeg_nvdec_available(1) is None
+        assert torch.cuda.current_device() == 0  # the check put the caller's device back
+
+
 @pytest.fixture
 def in_process() -> object:
     """NVDEC in the test process's own threads (so a test can reach into the decoder), restored afterwards."""
@@ -73,10 +97,8 @@ def test_nvdec_frames_stay_on_the_gpu_and_match_ffmpeg(tmp_path: Path, codec: st
 def test_ffmpeg_nvdec_frames_stay_on_the_gpu_and_equal_ffmpegs(tmp_path: Path, codec: str, in_process: object) -> None:
     """The ffmpeg backend (PyAV's CUDA hwaccel), four streams in threads at once: NVDEC pictures, swscale's RGB."""
     from stream.sources.config import NVDEC
-    from stream.sources.ffmpeg_nvdec import ffmpeg_nvdec_available
 
-    if reason := ffmpeg_nvdec_available(0):
-        pytest.skip(reason)
+    ffmpeg_nvdec_or_skip()
     path = clip(tmp_path, codec)
     saved, NVDEC.backend = NVDEC.backend, "ffmpeg"
 

@@ -9,8 +9,11 @@ process decode side by side. FFmpeg also keeps doing what it does on the CPU: ``
 (``allow_software_fallback``): such a stream's frames come out as host arrays, and the reason
 is logged once.
 
-Decoded pictures are CUDA frames of FFmpeg's pool in the primary context of the GPU (the one
-torch uses). A sampled picture's two NV12 planes are borrowed through DLPack, converted to RGB
+Decoded pictures are CUDA frames of FFmpeg's pool in torch's own context of the GPU (its
+primary context). FFmpeg is handed that context as the thread's current one (``current_ctx``):
+asked to retain the primary context itself (``primary_ctx``, PyAV's default) it refuses once
+torch has created it, because torch's scheduling flags are not the ones FFmpeg wants
+("Primary context already active with incompatible flags", measured on an H100). A sampled picture's two NV12 planes are borrowed through DLPack, converted to RGB
 on the legacy default stream (where FFmpeg copied the picture), and that stream is waited for
 before the picture goes back to FFmpeg's pool; unsampled pictures never leave the pool.
 """
@@ -43,17 +46,36 @@ def ffmpeg_nvdec_available(gpu: int = 0) -> str | None:
     if "cuda" not in hwdevices_available():
         return "this PyAV's FFmpeg was built without CUDA hardware decoding"
     try:
-        hwaccel(gpu).create(av.Codec("h264", "r"))
+        previous = make_torch_context_current(gpu)
+        try:
+            hwaccel(gpu).create(av.Codec("h264", "r"))
+        finally:
+            torch.cuda.set_device(previous)
     except Exception as exc:  # noqa: BLE001 - FFmpeg's error for a device it cannot open, whatever it is
         return f"FFmpeg cannot use cuda:{gpu} ({exc})"
     return None
 
 
 def hwaccel(gpu: int) -> Any:
-    """PyAV's decoding settings for ``gpu``: frames stay on the device; unsupported streams decode in software."""
+    """PyAV's decoding settings for ``gpu``: frames stay on the device; unsupported streams decode in software.
+
+    FFmpeg takes the current CUDA context of the thread that opens the container: call
+    ``make_torch_context_current(gpu)`` in that thread first.
+    """
     from av.codec.hwaccel import HWAccel
 
-    return HWAccel("cuda", device=str(gpu), allow_software_fallback=True, is_hw_owned=True)
+    options = {"primary_ctx": "0", "current_ctx": "1"}  # PyAV would add primary_ctx=1, which FFmpeg cannot combine
+    return HWAccel("cuda", device=str(gpu), allow_software_fallback=True, is_hw_owned=True, options=options)
+
+
+def make_torch_context_current(gpu: int) -> int:
+    """Make torch's context of ``gpu`` the calling thread's current one (created if need be); returns the previous device."""
+    import torch
+
+    previous = torch.cuda.current_device()
+    torch.cuda.set_device(gpu)
+    torch.cuda.synchronize()  # a runtime call that needs the context: it exists and is current here
+    return previous
 
 
 def nv12_planes(frame: av.VideoFrame) -> tuple[Any, Any]:
@@ -125,4 +147,4 @@ def unsupported_reason(stream: av.video.stream.VideoStream) -> str:
     return f"NVDEC did not take this {context.name} stream ({context.profile or 'unknown'} profile, {context.pix_fmt})"
 
 
-__all__ = ["FfmpegNvdecDecoder", "ffmpeg_nvdec_available", "hwaccel", "nv12_planes", "unsupported_reason"]
+__all__ = ["FfmpegNvdecDecoder", "ffmpeg_nvdec_available", "hwaccel", "nv12_planes", "make_torch_context_current", "unsupported_reason"]

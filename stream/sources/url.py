@@ -392,6 +392,10 @@ class VideoSource:
         started = time.monotonic()
         hwaccel = self._take_ffmpeg_nvdec_session()
         try:
+            if hwaccel is not None and self._nvdec_gpu is not None:
+                from stream.sources.ffmpeg_nvdec import make_torch_context_current
+
+                make_torch_context_current(self._nvdec_gpu)  # FFmpeg decodes in torch's context; this thread keeps it
             return av.open(
                 str(target.local_path) if target.local_path is not None else target.url,
                 mode="r",
