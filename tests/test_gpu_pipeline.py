@@ -118,6 +118,26 @@ def test_ffmpeg_nvdec_frames_stay_on_the_gpu_and_equal_ffmpegs(tmp_path: Path, c
             diff = np.abs(frame.image.cpu().numpy().astype(np.int16) - reference[round(frame.pts_s, 3)].astype(np.int16))
             assert diff.mean() < 0.01 and diff.max() <= 2, (diff.mean(), diff.max())
 
+@pytest.mark.parametrize("backend", ["pynvvideocodec", "ffmpeg"])
+def test_nvdec_loops_a_file_with_one_decoder_and_loses_no_picture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_process: object, backend: str) -> None:
+    """Seeking back, not reopening: held B-frame pictures come out at each pass's end, the session carries on."""
+    import av
+
+    from stream.sources.config import NVDEC
+
+    nvdec_or_skip() if backend == "pynvvideocodec" else ffmpeg_nvdec_or_skip()
+    path = clip(tmp_path, frames=20, params="bframes=3:b-pyramid=none:keyint=25:log-level=error")
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
+    monkeypatch.setattr(NVDEC, "backend", backend)
+    frames, stats = asyncio.run(sampled_frames(StreamConfig(name="loop", url=str(path), sample_fps=25, decoder="nvdec", loop=True), "cuda:0", limit=50))
+    assert stats.decoder == "nvdec:0" and len(frames) == 50 and len(opened) == 1
+    assert np.allclose(np.diff([f.pts_s for f in frames]), 0.04, atol=1e-3)
+    for i, frame in enumerate(frames[20:], start=20):
+        assert torch.equal(frame.image, frames[i % 20].image), i
+
+
 def test_nvdec_skips_non_reference_pictures(tmp_path: Path, in_process: object) -> None:
     nvdec_or_skip()
     path = clip(tmp_path, "libx264", params="bframes=3:b-pyramid=none:keyint=25")

@@ -24,6 +24,7 @@ from stream.sources.base import FrameSource, SampledFrame, SourceState
 from stream.sources.config import Decoder
 from stream.sources.factory import open_source
 from stream.sources.url import VideoSource, ffmpeg_options, redact_url
+from tests.fixtures.decoding import clip
 from tests.fixtures.media import astronaut_frame, astronaut_video, astronaut_video_frames
 from tests.fixtures.rtsp import RtspServer
 
@@ -237,6 +238,21 @@ async def test_looping_file_restarts_with_continuous_pts(short_clip: Path) -> No
     pts = [f.pts_s for f in frames if f is not None]
     assert len(pts) == 12
     assert np.allclose(np.diff(pts), 0.2, atol=1e-3), pts  # no jump back at the loop point
+
+
+async def test_looping_file_seeks_back_with_the_same_decoder_and_loses_no_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B-frames: the pictures the decoder holds at the end of a pass come out before the next pass's first."""
+    path = clip(tmp_path, frames=20, params="bframes=3:b-pyramid=none:keyint=25:log-level=error")
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
+    async with running(str(path), sample_fps=25, loop=True) as source:
+        frames = [await source.next_frame() for _ in range(50)]  # every picture, into the third pass
+    assert len(opened) == 1  # one container and one decoder for every pass
+    assert all(frame is not None for frame in frames)
+    assert np.allclose(np.diff([f.pts_s for f in frames]), 0.04, atol=1e-3)  # continuous, no picture twice or missing
+    for i, frame in enumerate(frames[20:], start=20):
+        assert np.array_equal(frame.image, frames[i % 20].image), i  # pass k's picture i is pass 0's
 
 
 async def test_realtime_paces_at_the_video_clock(astronaut_clip: Path) -> None:

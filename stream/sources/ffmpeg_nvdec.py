@@ -100,6 +100,7 @@ class FfmpegNvdecDecoder:
         self._torch = torch
         self._closed = False
         self.software = False  # the last sampled picture was decoded by FFmpeg on the CPU (NVDEC refused the stream)
+        self._video = stream
         context = stream.codec_context
         if skip_frames != "none":
             context.skip_frame = skip_frames.upper()
@@ -113,6 +114,11 @@ class FfmpegNvdecDecoder:
     @staticmethod
     def decode(packet: av.Packet) -> list[av.VideoFrame]:
         return packet.decode()  # type: ignore[return-value]
+
+    def end_pass(self) -> list[av.VideoFrame]:
+        from stream.sources.url import drain
+
+        return drain(self._video)
 
     def to_image(self, frame: av.VideoFrame) -> Any:
         """RGB uint8 (H, W, 3): a CUDA tensor for an NVDEC picture, a host array for a software one."""

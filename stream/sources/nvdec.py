@@ -199,6 +199,12 @@ class NvdecDecoder:
             frames.extend(self._submit(b"", 0))
         return frames
 
+    def end_pass(self) -> list[GpuFrame]:
+        """The pictures NVDEC still holds (end of stream), the bitstream filter reset for the input's start."""
+        frames = self.decode(None)
+        self._bsf.flush()
+        return frames
+
     def _submit(self, data: bytes, pts: int) -> list[GpuFrame]:
         buffer = ctypes.create_string_buffer(data, len(data)) if data else None
         packet = self._nvc.PacketData()

@@ -18,7 +18,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -471,10 +471,10 @@ class VideoSource:
             self._frames = self._open_decoder(video)
             last_frame_at = time.monotonic()
             try:
-                for packet in container.demux():
+                for packet in self._packets(container, target, timeline):
                     if self._stop_requested.is_set():
                         return
-                    if packet.stream_index == video.index:
+                    if packet is None or packet.stream_index == video.index:
                         for frame in self._decode(packet):
                             if self._state != StreamState.STREAMING:
                                 with self._lock:  # the streaming status must carry this session's frame size
@@ -503,6 +503,32 @@ class VideoSource:
                 self._frames = None
             self._release_ffmpeg_nvdec_session()
             container.close()
+
+    def _packets(self, container: av.container.InputContainer, target: _Target, timeline: _Timeline) -> Iterator[av.Packet | None]:
+        """The container's packets; a looping file goes on from its start after its end, same decoder.
+
+        Seeking back costs little where reopening costs a new decoder (an NVDEC session is slow to
+        make, and 96 looping clips made 15 a second). ``None`` marks the end of a pass: the decoder
+        gives up the pictures it still holds and is ready for the next pass. A file that cannot seek
+        returns at its end instead and is opened again, as before.
+        """
+        looping = target.is_file and self.cfg.loop
+        while True:
+            decoded_before = self._frames_decoded
+            for packet in container.demux():
+                if looping and packet.size == 0:
+                    continue  # FFmpeg's end-of-stream packets: the pass's end is marked below instead
+                yield packet
+            if not looping or self._stop_requested.is_set() or self._frames_decoded == decoded_before:
+                return  # the caller tells the end of the file, or a file without a decodable frame
+            yield None
+            timeline.new_pass()
+            try:
+                container.seek(0)
+            except (av.error.FFmpegError, OSError) as exc:
+                self._log(logging.DEBUG, "loop", "cannot seek %s (%s): opening it again", self._safe_url, exc)
+                return
+            self._log(logging.DEBUG, "loop", "looping %s", self._safe_url)
 
     def _stall_message(self) -> str:
         if self._read_timeout_s >= self.cfg.watchdog_s:
@@ -535,11 +561,11 @@ class VideoSource:
         self._decoder_name = "cpu"
         return _CpuDecoder(video, self.cfg.skip_frames)
 
-    def _decode(self, packet: av.Packet) -> list[Any]:
-        """Decode one packet; a corrupt packet costs its frames, not the connection."""
+    def _decode(self, packet: av.Packet | None) -> list[Any]:
+        """Decode one packet (None: a looping file's pass ended); a corrupt packet costs its frames, not the connection."""
         assert self._frames is not None
         try:
-            return self._frames.decode(packet)
+            return self._frames.decode(packet) if packet is not None else self._frames.end_pass()
         except av.error.InvalidDataError as exc:
             self._log(logging.DEBUG, "decode_error", "skipping undecodable packet (%s)", exc.strerror)
             return []
@@ -596,6 +622,10 @@ class _FrameDecoder(Protocol):
 
     def decode(self, packet: av.Packet) -> list[Any]: ...
 
+    def end_pass(self) -> list[Any]:
+        """The pictures still held at the end of the input, the decoder then ready for the input from its start."""
+        ...
+
     def to_image(self, frame: Any) -> Any: ...
 
     def close(self) -> None: ...
@@ -605,12 +635,16 @@ class _CpuDecoder:
     """FFmpeg's software decoder; ``skip_frames`` maps to its ``skip_frame`` (non-reference or non-key pictures)."""
 
     def __init__(self, video: av.video.stream.VideoStream, skip_frames: str) -> None:
+        self._video = video
         if skip_frames != "none":  # decode less at low sample rates: frames nothing refers to
             video.codec_context.skip_frame = skip_frames.upper()
 
     @staticmethod
     def decode(packet: av.Packet) -> list[av.VideoFrame]:
         return packet.decode()  # type: ignore[return-value]
+
+    def end_pass(self) -> list[av.VideoFrame]:
+        return drain(self._video)
 
     @staticmethod
     def to_image(frame: av.VideoFrame) -> np.ndarray:
@@ -620,6 +654,15 @@ class _CpuDecoder:
         pass
 
 
+def drain(stream: av.video.stream.VideoStream) -> list[av.VideoFrame]:
+    """An FFmpeg decoder's held pictures, then its end-of-stream state cleared so it decodes on."""
+    frames = stream.codec_context.decode(None)
+    stream.codec_context.flush_buffers()
+    for frame in frames:
+        frame.time_base = stream.time_base  # set by Packet.decode, not by the decoder's flush
+    return frames  # type: ignore[return-value]
+
+
 class _Timeline:
     """Keeps a file's pts continuous across loops and paces realtime decoding on that clock."""
 
@@ -627,6 +670,8 @@ class _Timeline:
         self._offset = 0.0
         self._pass_start: float | None = None  # timeline end when a new pass began
         self._last: float | None = None
+        self._last_raw: float | None = None
+        self._wrap_expected = False
         self._step = 0.04
         self._anchor: tuple[float, float] | None = None  # (pts, monotonic) pacing reference
 
@@ -635,10 +680,21 @@ class _Timeline:
         if self._last is not None:
             self._pass_start = self._last + self._step
 
+    def expect_new_pass(self) -> None:
+        """The file was sought back to its start: the first frame whose pts goes back starts the new pass.
+
+        Frames the decoder held from the end of the previous pass still come before it.
+        """
+        self._wrap_expected = True
+
     def place(self, raw_pts: float | None) -> float:
         """The frame's pts in seconds on the continuous timeline; missing pts are extrapolated."""
         if raw_pts is None:
             raw_pts = (self._last - self._offset + self._step) if self._last is not None else 0.0
+        if self._wrap_expected and self._last_raw is not None and raw_pts <= self._last_raw:
+            self._wrap_expected = False
+            self.new_pass()
+        self._last_raw = raw_pts
         if self._pass_start is not None:
             self._offset = self._pass_start - raw_pts
             self._pass_start = None
