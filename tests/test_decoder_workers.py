@@ -97,3 +97,25 @@ def test_pool_size_is_kept(workers: int) -> None:
     pool = DecoderPool(None, workers)
     assert pool.size == workers and pool.streams() == 0
     pool.close()
+
+
+def test_closing_the_pool_under_busy_streams_raises_in_no_thread(astronaut_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool closes its connections while the reader threads are reading them (service shutdown, bench rows)."""
+    import threading
+
+    crashes: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(f"{args.thread.name}: {args.exc_type.__name__}: {args.exc_value}"))
+    for _ in range(3):
+        pool = DecoderPool(None, workers=2)
+
+        async def run(pool: DecoderPool = pool) -> None:
+            sources = [PooledSource(StreamConfig(name=f"cam{i}", url=str(astronaut_clip), loop=True, realtime=True, sample_fps=25), pool) for i in range(4)]
+            for source in sources:
+                source.start()
+            for source in sources:
+                assert await source.next_frame() is not None
+            pool.close()  # streams still running: no stop first
+            await asyncio.sleep(0.5)
+
+        asyncio.run(run())
+    assert crashes == []

@@ -185,7 +185,7 @@ class _WorkerHandle:
         while True:
             try:
                 message = ForkingPickler.loads(self.conn.recv_bytes())
-            except (EOFError, OSError):
+            except (EOFError, OSError, TypeError):  # TypeError: the pool closed the connection under this read
                 break
             source = self.sources.get(message[1])
             if source is None:
