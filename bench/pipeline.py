@@ -52,7 +52,7 @@ from stream.pipeline import StreamPipeline  # noqa: E402
 from stream.sources.base import FrameSource  # noqa: E402
 from stream.sources.config import NVDEC  # noqa: E402
 from stream.sources.factory import open_source  # noqa: E402
-from stream.sources.workers import close_pools  # noqa: E402
+from stream.sources.workers import close_pools, default_workers  # noqa: E402
 
 DEFAULT_CLIPS = ["nicoletmk-Real6.mp4", "facenet-video.mp4", "wav2lip-kim_7s_raw.mp4"]
 
@@ -346,7 +346,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         "latency_p99_ms": round(float(np.percentile(latencies, 99)), 1) if len(latencies) else None,
         "decode_fps_per_stream": round(fps_in, 1),
         "gpu_mem_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
-        "nvdec_workers": NVDEC.workers_per_gpu,
+        "nvdec_workers": NVDEC.workers_per_gpu if NVDEC.workers_per_gpu is not None else default_workers(NVDEC.backend),
         "nvdec_backend": NVDEC.backend,
         "mean_batch_frames": round(frames / batches, 2) if batches else None,
         # busy share of the engines' detection and classification stages (detection: per detection thread)
@@ -483,7 +483,7 @@ def main() -> int:
     parser.add_argument("--decoder", choices=["auto", "nvdec", "thread", "process"], default="auto", help="how live streams are decoded (see StreamConfig.decoder)")
     parser.add_argument("--detect-workers", type=int, default=2, help="engine detection threads (CUDA)")
     parser.add_argument("--nvdec-workers", type=int, nargs="+", default=None, help="NVDEC worker processes per GPU (0: decode in this process's threads); several values: a row set for each")
-    parser.add_argument("--nvdec-backend", choices=["pynvvideocodec", "ffmpeg"], default="pynvvideocodec", help="what feeds NVDEC (engine.nvdec_backend)")
+    parser.add_argument("--nvdec-backend", choices=["pynvvideocodec", "ffmpeg"], default=NVDEC.backend, help="what feeds NVDEC (engine.nvdec_backend)")
     parser.add_argument("--keep-going", action="store_true", help="live: measure every N even after one falls behind")
     parser.add_argument("--gpus", type=int, default=1, help="live: one engine per GPU, streams placed by load")
     parser.add_argument("--live-models", type=int, default=1, help="live: ensemble size (7 = the winner's full ensemble)")

@@ -98,13 +98,14 @@ class EngineConfig(StrictModel):
     nvdec_workers: Annotated[int, Field(ge=0, le=64)] | None = Field(
         None,
         description="processes per GPU that demux and feed NVDEC for many streams each (frames reach the engine by CUDA IPC); "
-        "0 = in the analyzer's own threads (fine for a few streams); default: half the cores, at most 8",
+        "0 = in the analyzer's own threads (fine for a few streams: many starve the engine of the GIL); "
+        "default: 2 with the ffmpeg backend, half the cores (at most 8) with pynvvideocodec",
     )
     nvdec_backend: Literal["pynvvideocodec", "ffmpeg"] = Field(
-        "pynvvideocodec",
-        description="what feeds NVDEC: pynvvideocodec (NVIDIA's binding, measured; holds the GIL while the hardware works, "
-        "hence the worker processes) or ffmpeg (experimental, not yet run on a GPU: PyAV's CUDA hwaccel, which decodes "
-        "without the GIL; skip_frame and software fallback by FFmpeg)",
+        "ffmpeg",
+        description="what feeds NVDEC: ffmpeg (PyAV's CUDA hwaccel: decodes without holding the GIL, so two worker processes "
+        "carry ~100 streams; skip_frame and software fallback by FFmpeg) or pynvvideocodec (NVIDIA's binding: holds the GIL "
+        "while the hardware works, hence more worker processes)",
     )
 
     @field_validator("devices")

@@ -26,6 +26,18 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 ENCODER = "tf_efficientnet_b0.ns_jft_in1k"
 
 
+@pytest.fixture(autouse=True)
+def pynvvideocodec_unless_said() -> object:
+    """The NVDEC tests below test PyNvVideoCodec's path unless they name the ffmpeg backend (the default)."""
+    from stream.sources.config import NVDEC
+    from stream.sources.workers import close_pools
+
+    saved, NVDEC.backend = NVDEC.backend, "pynvvideocodec"
+    yield NVDEC
+    NVDEC.backend = saved
+    close_pools()  # a worker keeps the backend it was started with: the next test starts its own
+
+
 def nvdec_or_skip() -> None:
     from stream.sources.nvdec import nvdec_available
 
@@ -93,14 +105,15 @@ def test_nvdec_frames_stay_on_the_gpu_and_match_ffmpeg(tmp_path: Path, codec: st
 
 
 
-@pytest.mark.parametrize("codec", ["libx264", "libx265"])
-def test_ffmpeg_nvdec_frames_stay_on_the_gpu_and_equal_ffmpegs(tmp_path: Path, codec: str, in_process: object) -> None:
-    """The ffmpeg backend (PyAV's CUDA hwaccel), four streams in threads at once: NVDEC pictures, swscale's RGB."""
+@pytest.mark.parametrize(("codec", "workers"), [("libx264", 0), ("libx265", 0), ("libx264", 2)])
+def test_ffmpeg_nvdec_frames_stay_on_the_gpu_and_equal_ffmpegs(tmp_path: Path, codec: str, workers: int, in_process: object) -> None:
+    """The ffmpeg backend (PyAV's CUDA hwaccel), four streams at once, in threads or worker processes: swscale's RGB."""
     from stream.sources.config import NVDEC
 
     ffmpeg_nvdec_or_skip()
     path = clip(tmp_path, codec)
     saved, NVDEC.backend = NVDEC.backend, "ffmpeg"
+    NVDEC.workers_per_gpu = workers
 
     async def four() -> list[tuple[list, object]]:
         cfgs = [StreamConfig(name=f"cam{i}", url=str(path), sample_fps=5, decoder="nvdec", skip_frames="nonref") for i in range(4)]

@@ -61,8 +61,8 @@ class NvdecSettings:
     composition root): one session cap per GPU whether streams decode in worker processes or in threads."""
 
     sessions_per_gpu: int = 512
-    workers_per_gpu: int | None = None  # None: default_workers(); 0: in the analyzer's own threads
-    backend: Literal["pynvvideocodec", "ffmpeg"] = "pynvvideocodec"  # who feeds NVDEC (ffmpeg: PyAV's hwaccel)
+    workers_per_gpu: int | None = None  # None: default_workers(backend); 0: in the analyzer's own threads
+    backend: Literal["pynvvideocodec", "ffmpeg"] = "ffmpeg"  # who feeds NVDEC (ffmpeg: PyAV's hwaccel)
 
 
 NVDEC = NvdecSettings()

@@ -48,7 +48,7 @@ def open_source(cfg: StreamConfig, on_state: StateCallback | None = None, device
     if gpu is not None and NVDEC.workers_per_gpu != 0:
         from stream.sources.workers import PooledSource, decoder_pool, default_workers
 
-        pool = decoder_pool(gpu, NVDEC.workers_per_gpu or default_workers())
+        pool = decoder_pool(gpu, NVDEC.workers_per_gpu or default_workers(NVDEC.backend))
         if pool.streams() < NVDEC.sessions_per_gpu:
             return PooledSource(cfg, pool, on_state, **backoff)
         stream_log(log, cfg.name).warning(
