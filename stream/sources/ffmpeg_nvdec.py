@@ -26,6 +26,7 @@ from typing import Any
 import av
 
 from stream.sources.nvdec import MAX_SIDE, SESSIONS, SUPPORTED_CODECS
+from stream.sources.rewind import drain
 
 
 @functools.cache
@@ -116,8 +117,6 @@ class FfmpegNvdecDecoder:
         return packet.decode()  # type: ignore[return-value]
 
     def end_pass(self) -> list[av.VideoFrame]:
-        from stream.sources.url import drain
-
         return drain(self._video)
 
     def to_image(self, frame: av.VideoFrame) -> Any:

@@ -41,6 +41,7 @@ from stream.sources.base import (
     StreamState,
 )
 from stream.sources.config import NVDEC, StreamConfig
+from stream.sources.rewind import drain
 
 log = logging.getLogger(__name__)
 
@@ -652,15 +653,6 @@ class _CpuDecoder:
 
     def close(self) -> None:
         pass
-
-
-def drain(stream: av.video.stream.VideoStream) -> list[av.VideoFrame]:
-    """An FFmpeg decoder's held pictures, then its end-of-stream state cleared so it decodes on."""
-    frames = stream.codec_context.decode(None)
-    stream.codec_context.flush_buffers()
-    for frame in frames:
-        frame.time_base = stream.time_base  # set by Packet.decode, not by the decoder's flush
-    return frames  # type: ignore[return-value]
 
 
 class _Timeline:
