@@ -341,13 +341,14 @@ class VideoSource:
                     self._reconnects += 1
             attempt += 1
             frames_before = self._frames_decoded
+            stalled = False
             try:
                 self._stream_once(target, sampler, timeline)
             except FatalSourceError as exc:
                 self._fail(str(exc))
                 return
             except SourceError as exc:
-                detail = str(exc)
+                detail, stalled = str(exc), isinstance(exc, _Stalled)
             except (av.error.FFmpegError, OSError) as exc:
                 detail = self._describe(exc)
             else:  # end of input
@@ -368,9 +369,11 @@ class VideoSource:
                 detail = f"{self._safe_url}: stream ended"
             if self._stop_requested.is_set():
                 return
-            if target.is_file:  # a local file that errors will error again
-                self._fail(detail)
+            if target.is_file and not (stalled and self.cfg.loop and self._frames_decoded > frames_before):
+                self._fail(detail)  # a local file that errors will error again
                 return
+            if target.is_file:  # a looping file (a stand-in for a feed) that worked, then stalled under load
+                timeline.new_pass()
             if self._frames_decoded > frames_before:
                 delay = self._backoff_min_s  # it worked for a while: retry quickly
             self._set_state(StreamState.RECONNECTING, detail)
