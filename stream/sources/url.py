@@ -665,8 +665,6 @@ class _Timeline:
         self._offset = 0.0
         self._pass_start: float | None = None  # timeline end when a new pass began
         self._last: float | None = None
-        self._last_raw: float | None = None
-        self._wrap_expected = False
         self._step = 0.04
         self._anchor: tuple[float, float] | None = None  # (pts, monotonic) pacing reference
 
@@ -675,21 +673,10 @@ class _Timeline:
         if self._last is not None:
             self._pass_start = self._last + self._step
 
-    def expect_new_pass(self) -> None:
-        """The file was sought back to its start: the first frame whose pts goes back starts the new pass.
-
-        Frames the decoder held from the end of the previous pass still come before it.
-        """
-        self._wrap_expected = True
-
     def place(self, raw_pts: float | None) -> float:
         """The frame's pts in seconds on the continuous timeline; missing pts are extrapolated."""
         if raw_pts is None:
             raw_pts = (self._last - self._offset + self._step) if self._last is not None else 0.0
-        if self._wrap_expected and self._last_raw is not None and raw_pts <= self._last_raw:
-            self._wrap_expected = False
-            self.new_pass()
-        self._last_raw = raw_pts
         if self._pass_start is not None:
             self._offset = self._pass_start - raw_pts
             self._pass_start = None
