@@ -369,11 +369,11 @@ class VideoSource:
                 detail = f"{self._safe_url}: stream ended"
             if self._stop_requested.is_set():
                 return
-            if target.is_file and not (stalled and self.cfg.loop and self._frames_decoded > frames_before):
-                self._fail(detail)  # a local file that errors will error again
-                return
-            if target.is_file:  # a looping file (a stand-in for a feed) that worked, then stalled under load
-                timeline.new_pass()
+            if target.is_file:
+                if not (stalled and self.cfg.loop and self._frames_decoded > frames_before):
+                    self._fail(detail)  # a local file that errors will error again
+                    return
+                timeline.new_pass()  # a looping file (a stand-in for a feed) that worked, then stalled under load
             if self._frames_decoded > frames_before:
                 delay = self._backoff_min_s  # it worked for a while: retry quickly
             self._set_state(StreamState.RECONNECTING, detail)
