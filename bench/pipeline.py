@@ -267,8 +267,8 @@ def run_engine(frames: list[torch.Tensor], engine: InferenceEngine, streams: int
 def repeated_clip(clip: Path, times: int, out_dir: Path) -> Path:
     """``clip`` played ``times`` times in a row, remuxed (no re-encoding) into one longer file.
 
-    A looped file is closed and opened again at its end, with a new decoder; a camera never is.
-    Clips long enough not to end during a measurement take that cost out of the figures.
+    A looped file has a loop point (a seek, a decoder drain) that a camera never has. Clips long
+    enough not to end during a measurement leave it out of the figures.
     """
     if times <= 1:
         return clip
@@ -469,7 +469,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=Path, default=ROOT.parent / "shared" / "media" / "clips")
     parser.add_argument("--clip-names", nargs="+", default=DEFAULT_CLIPS)
-    parser.add_argument("--repeat-clips", type=int, default=1, help="live: play each clip this many times in one file, so no stream reopens its file during a run (cameras never do)")
+    parser.add_argument("--repeat-clips", type=int, default=1, help="live: play each clip this many times in one file, so no stream reaches its end during a run (cameras never do)")
     parser.add_argument("--encoder", default="tf_efficientnet_b7.ns_jft_in1k")
     parser.add_argument("--models", type=int, nargs="+", default=[1, 7], help="ensemble sizes for the offline part")
     parser.add_argument("--offline-frames", type=int, default=96)
