@@ -4,18 +4,19 @@ The other NVDEC backend (``nvdec.py``, PyNvVideoCodec) holds the GIL while it wa
 hardware, so the streams of one process take turns. PyAV decodes with the GIL released and
 FFmpeg's NVDEC hwaccel does the work inside that call, so here the streams of one process decode
 side by side: on an H100, 96 paced 1080p streams in one process at 1.4 cores, and two worker
-processes fed 96 streams to the engine ahead of eight PyNvVideoCodec workers (README Capacity). FFmpeg also keeps doing what it does on the CPU: ``skip_frame``
-(non-reference pictures), and, for a stream NVDEC cannot take, software decoding on its own
-(``allow_software_fallback``): such a stream's frames come out as host arrays, and the reason
-is logged once.
+processes fed 96 streams to the engine ahead of eight PyNvVideoCodec workers (README Capacity).
+FFmpeg also keeps doing what it does on the CPU: ``skip_frame`` (non-reference pictures), and,
+for a stream NVDEC cannot take, software decoding on its own (``allow_software_fallback``): such
+a stream's frames come out as host arrays, and the reason is logged once.
 
 Decoded pictures are CUDA frames of FFmpeg's pool in torch's own context of the GPU (its
 primary context). FFmpeg is handed that context as the thread's current one (``current_ctx``):
 asked to retain the primary context itself (``primary_ctx``, PyAV's default) it refuses once
-torch has created it, because torch's scheduling flags are not the ones FFmpeg wants
-("Primary context already active with incompatible flags", measured on an H100). A sampled picture's two NV12 planes are borrowed through DLPack, converted to RGB
-on the legacy default stream (where FFmpeg copied the picture), and that stream is waited for
-before the picture goes back to FFmpeg's pool; unsampled pictures never leave the pool.
+torch has created it, because torch's scheduling flags are not the ones FFmpeg wants ("Primary
+context already active with incompatible flags", measured on an H100). A sampled picture's two
+NV12 planes are borrowed through DLPack, converted to RGB on the legacy default stream (where
+FFmpeg copied the picture), and that stream is waited for before the picture goes back to
+FFmpeg's pool; unsampled pictures never leave the pool.
 """
 
 from __future__ import annotations
