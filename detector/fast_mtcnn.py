@@ -5,18 +5,23 @@ facenet-pytorch crops every candidate box out of the frame and resizes it to
 on a batch of 1080p frames with a crowd that is thousands of launches and it
 dominates the detector's time on a GPU.  Here every crop of a stage comes from
 one gather over an exact integer summed-area table of the frames: the same
-area resize as facenet's, for all boxes at once.  Everything else (pyramid, thresholds, NMS, box regression) is
-facenet-pytorch's own code, so the nets and weights are the same.
-``tests/test_fast_mtcnn.py`` checks the boxes against facenet-pytorch's.
+area resize as facenet's, for all boxes at once.  P-Net's pyramid is thresholded with one
+``nonzero`` and suppressed with one NMS call for every (frame, scale), not one a scale; its
+forward (``pnet_pyramid``) has fixed shapes, so a GPU can replay it from a CUDA graph.  The nets,
+weights, thresholds and box arithmetic are facenet-pytorch's own.
+``tests/test_fast_mtcnn.py`` checks the boxes against facenet-pytorch's, bit for bit for P-Net's stage.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
 from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, fixed_batch_process, imresample, rerec
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, nms
 
 
 def _clip_boxes(boxes: torch.Tensor, w: int, h: int) -> tuple[torch.Tensor, ...]:
@@ -74,16 +79,30 @@ def _first_offsets(counts: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor([0, *np.cumsum(counts)[:-1].tolist()], device=device)
 
 
-def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: list[float], threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """P-Net over the pyramid, thresholded and NMS'd per (frame, scale): boxes (K, 9) and frame indices.
+@dataclass(frozen=True)
+class Pyramid:
+    """P-Net's output over the whole image pyramid, flattened: the input of the thresholding and NMS.
 
-    facenet-pytorch thresholds and suppresses scale by scale, three host synchronisations a scale
-    (nonzero, two boolean masks) and one more in each NMS, so the GPU idles between scales. Here
-    every scale's P-Net is queued first and all cells above the threshold come out of one
-    ``nonzero``; only the per-scale NMS calls still wait for the device (as little work is queued
-    behind them by then). The values are facenet's own: each box corner is computed by the same
-    expression on the same float32 cell coordinate, and each scale's NMS gets exactly facenet's
-    inputs, so the result is equal bit for bit and in facenet's order.
+    Cells run scale by scale, then frame, row, column. ``x1``/``x2`` (``y1``/``y2``) hold every scale's
+    cell corner table along x (y), one scale after another.
+    """
+
+    probs: torch.Tensor  # (C,) face probability of each cell
+    reg: torch.Tensor  # (4, C) box regression of each cell
+    x1: torch.Tensor
+    x2: torch.Tensor
+    y1: torch.Tensor
+    y2: torch.Tensor
+    shapes: tuple[tuple[int, int, int], ...]  # (frames, rows, cols) of each scale's output
+
+
+PyramidFn = Callable[[torch.nn.Module, torch.Tensor, Sequence[float]], Pyramid]
+
+
+def pnet_pyramid(pnet: torch.nn.Module, imgs: torch.Tensor, scales: Sequence[float]) -> Pyramid:
+    """facenet's per-scale resize, normalisation and P-Net forward, every scale queued without a host sync.
+
+    Fixed shapes for a given batch and frame size: ``detector/cuda_graphs.py`` captures it as one graph.
     """
     h, w = imgs.shape[2:4]
     device = imgs.device
@@ -96,9 +115,46 @@ def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: list[float], t
         n, _, rows, cols = probs.shape
         shapes.append((n, rows, cols))
         corners.append((*_cell_corners(cols, scale, device), *_cell_corners(rows, scale, device)))
-    probs_all = torch.cat(probs_flat)
+    x1, x2, y1, y2 = (torch.cat([c[i] for c in corners]) for i in range(4))
+    return Pyramid(torch.cat(probs_flat), torch.cat(reg_flat, dim=1), x1, x2, y1, y2, tuple(shapes))
+
+
+def nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """NMS within each group in one call: torchvision's coordinate offsets, always (its ``batched_nms``
+    loops over groups past a box count, one host synchronisation each).
+
+    With integer-valued coordinates (P-Net's cell corners) the offset boxes are exact in float32, so
+    every IoU, and so every decision, equals a separate call per group; torchvision's sort is stable,
+    so ties in score keep their input order too.
+    """
+    if boxes.numel() == 0:
+        return torch.zeros((0,), dtype=torch.int64, device=boxes.device)
+    offsets = groups.to(boxes) * (boxes.max() + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
+def pnet_stage(
+    pnet: torch.nn.Module, imgs: torch.Tensor, scales: Sequence[float], threshold: float, pyramid: PyramidFn = pnet_pyramid
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P-Net over the pyramid, thresholded and NMS'd per (frame, scale): boxes (K, 9) and frame indices.
+
+    facenet-pytorch thresholds and suppresses scale by scale, three host synchronisations a scale
+    (nonzero, two boolean masks) and one more in each NMS, so the GPU idles between scales. Here
+    every scale's P-Net is queued first (``pyramid``: eager, or a replayed CUDA graph), all cells
+    above the threshold come out of one ``nonzero``, and one NMS call handles every (frame, scale):
+    two host synchronisations in all. The values are facenet's own: each box corner is computed by
+    the same expression on the same float32 cell coordinate, each group's NMS decides as facenet's
+    call for that scale does (``nms_per_group``), and the kept boxes are put back in facenet's order
+    (scale by scale, by score, ties in input order): equal bit for bit.
+
+    ``pyramid`` may pad the batch (a captured graph's size): the cells of padded frames have
+    probability -1 and never pass.
+    """
+    device = imgs.device
+    out = pyramid(pnet, imgs, scales)
+    shapes = out.shapes
     sizes = [n * rows * cols for n, rows, cols in shapes]
-    cells = (probs_all >= threshold).nonzero().squeeze(1)  # the one host synchronisation of the pyramid
+    cells = (out.probs >= threshold).nonzero().squeeze(1)  # the first host synchronisation
     if cells.numel() == 0:
         return torch.zeros((0, 9), device=device), torch.zeros((0,), dtype=torch.int64, device=device)
     starts = _first_offsets(sizes, device)
@@ -111,26 +167,19 @@ def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: list[float], t
     y = (local % per_image) // cols_t[scale_of]
     x = local % cols_t[scale_of]
     # each scale's corner tables side by side: x and y offsets of a scale's first cell
-    x_starts = _first_offsets([c for _, _, c in shapes], device)
-    y_starts = _first_offsets([r for _, r, _ in shapes], device)
-    x1, x2 = (torch.cat([c[i] for c in corners]) for i in (0, 1))
-    y1, y2 = (torch.cat([c[i] for c in corners]) for i in (2, 3))
-    xi, yi = x_starts[scale_of] + x, y_starts[scale_of] + y
-    reg = torch.cat(reg_flat, dim=1)[:, cells].permute(1, 0)
-    boxes = torch.cat([torch.stack([x1[xi], y1[yi], x2[xi], y2[yi], probs_all[cells]], dim=1), reg], dim=1)
-    # NMS 0.5 per (frame, scale), scale by scale as facenet calls it: identical inputs in identical
-    # order, so ties in score (saturated probabilities of 1.0 are common) resolve as facenet's do
-    ends = torch.searchsorted(cells, torch.tensor(np.cumsum(sizes).tolist(), device=device)).tolist()
-    keep, begin = [], 0
-    for end in ends:
-        if end > begin:
-            keep.append(batched_nms(boxes[begin:end, :4], boxes[begin:end, 4], image_inds[begin:end], 0.5) + begin)
-        begin = end
-    keep = torch.cat(keep)
+    xi = _first_offsets([c for _, _, c in shapes], device)[scale_of] + x
+    yi = _first_offsets([r for _, r, _ in shapes], device)[scale_of] + y
+    reg = out.reg[:, cells].permute(1, 0)
+    boxes = torch.cat([torch.stack([out.x1[xi], out.y1[yi], out.x2[xi], out.y2[yi], out.probs[cells]], dim=1), reg], dim=1)
+    # NMS 0.5 per (frame, scale) in one call (the second synchronisation), then facenet's order:
+    # scale by scale (a stable sort keeps each scale's kept boxes in NMS order)
+    frames = max(n for n, _, _ in shapes)
+    keep = nms_per_group(boxes[:, :4], boxes[:, 4], scale_of * frames + image_inds, 0.5)
+    keep = keep[torch.sort(scale_of[keep], stable=True).indices]
     return boxes[keep], image_inds[keep]
 
 
-def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor) -> list[np.ndarray]:
+def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor, pyramid: PyramidFn = pnet_pyramid) -> list[np.ndarray]:
     """Run the cascade on a batch (N, H, W, 3) of equal-size frames; returns per frame an (n, 5) array of box + prob."""
     pnet, rnet, onet = mtcnn.pnet, mtcnn.rnet, mtcnn.onet
     threshold, factor, minsize = mtcnn.thresholds, mtcnn.factor, mtcnn.min_face_size
@@ -150,7 +199,7 @@ def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor) -> list[np.ndarray]:
         scale_i *= factor
         minl *= factor
 
-    boxes, image_inds = pnet_stage(pnet, imgs, scales, threshold[0])
+    boxes, image_inds = pnet_stage(pnet, imgs, scales, threshold[0], pyramid)
 
     pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
     boxes, image_inds = boxes[pick], image_inds[pick]
@@ -192,10 +241,12 @@ def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor) -> list[np.ndarray]:
     return [boxes_np[inds_np == i] for i in range(batch_size)]
 
 
-def detect_fast(mtcnn: MTCNN, imgs: torch.Tensor | np.ndarray) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+def detect_fast(
+    mtcnn: MTCNN, imgs: torch.Tensor | np.ndarray, pyramid: PyramidFn = pnet_pyramid
+) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
     """Same return shape as ``MTCNN.detect(imgs, landmarks=False)`` (largest face first)."""
     with torch.no_grad():
-        per_frame = detect_faces_fast(mtcnn, torch.as_tensor(imgs))
+        per_frame = detect_faces_fast(mtcnn, torch.as_tensor(imgs), pyramid)
     boxes, probs = [], []
     for box in per_frame:
         if len(box) == 0:

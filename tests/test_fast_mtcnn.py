@@ -98,3 +98,24 @@ def test_pnet_stage_equals_facenets_loop(detectors) -> None:
         assert len(ref_boxes) > 50  # the stage has real work to agree on
         assert torch.equal(boxes, ref_boxes)
         assert torch.equal(inds, ref_inds)
+
+
+def test_one_nms_call_decides_as_a_call_per_group() -> None:
+    """Integer boxes with tied scores in 6 groups: one offset call keeps exactly what a call per group keeps."""
+    import torch
+    from torchvision.ops import nms
+
+    from detector.fast_mtcnn import nms_per_group
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.randint(0, 200, (600, 2), generator=generator).float()
+    sizes = torch.randint(12, 60, (600, 1), generator=generator).float()
+    boxes = torch.cat([corners, corners + sizes], dim=1)
+    scores = torch.randint(0, 4, (600,), generator=generator).float() / 4 + 0.25  # many ties
+    groups = torch.randint(0, 6, (600,), generator=generator)
+    keep = nms_per_group(boxes, scores, groups, 0.5)
+    for g in range(6):
+        members = (groups == g).nonzero().squeeze(1)
+        separate = members[nms(boxes[members], scores[members], 0.5)]
+        assert torch.equal(keep[groups[keep] == g], separate)
+
