@@ -27,6 +27,7 @@ def build_detector(cfg: DetectorConfig) -> FaceDetector:
         rescale=cfg.rescale,
         gpu_resize=cfg.gpu_resize,
         fast_mtcnn=cfg.fast_mtcnn,
+        pnet_graphs=cfg.cuda_graphs,
     )
 
 

@@ -54,7 +54,11 @@ class DetectorConfig(StrictModel):
     batch_size: Annotated[int, Field(gt=0, le=1024)] = Field(64, description="face crops per classifier forward pass")
     fast_mtcnn: bool = Field(True, description="facenet's nets with the per-box crop loops replaced by one exact gather (same boxes)")
     gpu_resize: bool = Field(False, description="CUDA: shrink frames for MTCNN on the GPU (PIL-like, not bit-exact)")
-    cuda_graphs: bool = Field(False, description="CUDA: replay captured classifier graphs at fixed batch sizes")
+    cuda_graphs: bool = Field(
+        False,
+        description="CUDA: replay captured graphs: the classifier at fixed batch sizes, and (with fast_mtcnn) MTCNN's P-Net pyramid "
+        "per batch size and frame size (captured on first use)",
+    )
 
     @field_validator("weights_dir")
     @classmethod

@@ -1,4 +1,4 @@
-"""CUDA graphs for the classifier at fixed batch sizes.
+"""CUDA graphs for the classifier at fixed batch sizes, and for MTCNN's P-Net pyramid.
 
 A B7 forward launches hundreds of small kernels; at small batches the launch
 overhead, not the math, sets the latency.  A captured graph replays them all
@@ -8,8 +8,17 @@ are independent in eval mode, so padding does not change real outputs).
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+from detector.fast_mtcnn import Pyramid, pnet_pyramid
 
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -70,3 +79,115 @@ class GraphedModel:
             self._graphs[size].replay()
             outputs.append(self._outputs[size][: chunk.shape[0]].clone())
         return torch.cat(outputs)
+
+
+log = logging.getLogger(__name__)
+
+PYRAMID_SIZES = (1, 2, 4, 8, 16, 32, 64)
+_CAPTURE_LOCK = threading.Lock()  # one capture at a time in the process
+
+
+@dataclass
+class _CapturedPyramid:
+    static_in: torch.Tensor  # (bucket, 3, H, W) float32
+    frames: torch.Tensor  # 0-dim int64: how many leading frames of static_in are real
+    cell_frame: torch.Tensor  # (C,) the frame of each cell, read by the graph
+    output: Pyramid
+    graph: torch.cuda.CUDAGraph
+
+
+class PyramidGraphs:
+    """MTCNN's P-Net pyramid (``pnet_pyramid``) captured per (padded batch size, frame size, scales).
+
+    Eager, the pyramid is ~350 small launches a batch, each a Python call that takes and releases the
+    GIL: beside other busy threads (the service's event loop, decoder pool readers, a second
+    detection thread) every release can cost a wait for the GIL, and detection slowed 7x under
+    load (measured on an H200). A replay is one call. A batch is padded up to the next captured
+    size; padded frames' cells get probability -1 inside the graph, so they never pass a threshold.
+
+    Graphs are per thread: a graph's outputs are static buffers, and two detection threads replaying
+    one graph on two CUDA streams would overwrite each other's. Each thread captures what it needs
+    on first use (about 0.1 s each) into its own memory pool, one capture at a time in the process;
+    a capture CUDA refuses leaves that size eager, with a warning.
+    """
+
+    def __init__(self, sizes: tuple[int, ...] = PYRAMID_SIZES) -> None:
+        self.sizes = tuple(sorted(sizes))
+        self._local = threading.local()
+
+    def _bucket(self, n: int) -> int | None:
+        return next((size for size in self.sizes if size >= n), None)
+
+    def __call__(self, pnet: nn.Module, imgs: torch.Tensor, scales: Sequence[float]) -> Pyramid:
+        bucket = self._bucket(imgs.shape[0])
+        if imgs.device.type != "cuda" or bucket is None:
+            return pnet_pyramid(pnet, imgs, scales)
+        captured: dict[tuple[object, ...], _CapturedPyramid | None] = self._local.__dict__.setdefault("graphs", {})
+        layout = _layout(imgs)
+        key = (id(pnet), bucket, tuple(imgs.shape[1:]), layout, tuple(scales), imgs.device)
+        if key not in captured:
+            captured[key] = self._capture(pnet, bucket, imgs, layout, scales)
+        entry = captured[key]
+        if entry is None:  # its capture failed: eager for good
+            return pnet_pyramid(pnet, imgs, scales)
+        entry.static_in[: imgs.shape[0]].copy_(imgs)
+        entry.frames.fill_(imgs.shape[0])
+        entry.graph.replay()
+        return entry.output
+
+    def _capture(self, pnet: nn.Module, bucket: int, imgs: torch.Tensor, layout: torch.memory_format, scales: Sequence[float]) -> _CapturedPyramid | None:
+        """Capture one graph; None (with a warning) if CUDA refuses, and the caller stays eager.
+
+        Not ``torch.cuda.graph``: its entry synchronises the whole device, which fails (and breaks
+        the capture) while another thread captures. Captures here take turns (``_CAPTURE_LOCK``),
+        with Python's garbage collector held off so no tensor is freed into the capture.
+        """
+        device = imgs.device
+        pool = self._local.__dict__.setdefault("pool", torch.cuda.graph_pool_handle())
+        # the caller's memory layout, so cuDNN runs the kernels it runs eagerly: the same values
+        static_in = torch.zeros((bucket, *imgs.shape[1:]), dtype=imgs.dtype, device=device).contiguous(memory_format=layout)
+        frames = torch.full((), bucket, dtype=torch.int64, device=device)
+        cell_frame = _cell_frames(pnet_pyramid(pnet, static_in, scales).shapes, device)
+
+        def run() -> Pyramid:
+            out = pnet_pyramid(pnet, static_in, scales)
+            return dataclasses.replace(out, probs=torch.where(cell_frame < frames, out.probs, -1.0))
+
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: cuDNN picks its algorithms outside the capture
+                run()
+        current.wait_stream(side)
+        side.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        gc_was_on = gc.isenabled()
+        with _CAPTURE_LOCK:
+            gc.disable()
+            try:
+                with torch.cuda.stream(side):
+                    # thread_local: the engine's other threads keep using CUDA while this one captures
+                    graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+                    try:
+                        output = run()
+                    finally:
+                        graph.capture_end()
+            except Exception as exc:  # noqa: BLE001 - any refusal leaves this size eager, nothing more
+                log.warning("P-Net graph capture for %d frames of %s failed (%s); that batch size stays eager", bucket, tuple(imgs.shape[2:]), exc)
+                return None
+            finally:
+                if gc_was_on:
+                    gc.enable()
+        # every tensor the graph reads is kept with it: freed, its memory would be handed to other tensors
+        return _CapturedPyramid(static_in, frames, cell_frame, output, graph)
+
+
+def _layout(imgs: torch.Tensor) -> torch.memory_format:
+    """channels_last for a (N, C, H, W) view of NHWC frames (what ``detect_faces_fast`` hands over), else contiguous."""
+    return torch.channels_last if imgs.is_contiguous(memory_format=torch.channels_last) and not imgs.is_contiguous() else torch.contiguous_format
+
+
+def _cell_frames(shapes: Sequence[tuple[int, int, int]], device: torch.device) -> torch.Tensor:
+    """The frame of every flattened pyramid cell (scale by scale, then frame, row, column)."""
+    return torch.cat([torch.arange(n, device=device).repeat_interleave(rows * cols) for n, rows, cols in shapes])

@@ -17,8 +17,9 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
+from detector.cuda_graphs import PyramidGraphs
 from detector.devices import resolve_device
-from detector.fast_mtcnn import detect_fast
+from detector.fast_mtcnn import PyramidFn, detect_fast, pnet_pyramid
 from detector.gpu_preprocessing import shrink_for_detection
 from detector.preprocessing import crop_with_margin
 
@@ -74,6 +75,7 @@ class FaceDetector:
         gpu_resize: bool = False,
         fast_mtcnn: bool = False,
         landmarks: bool = False,
+        pnet_graphs: bool = False,
     ) -> None:
         if landmarks and fast_mtcnn:
             raise ValueError("landmarks need facenet-pytorch's own detect; fast_mtcnn does not compute them")
@@ -83,6 +85,8 @@ class FaceDetector:
         self.max_batch = max_batch
         self.gpu_resize = gpu_resize and self.device.type == "cuda"
         self.fast_mtcnn = fast_mtcnn
+        # CUDA + fast_mtcnn: P-Net's pyramid replayed from captured graphs (one call instead of ~350)
+        self._pyramid: PyramidFn = PyramidGraphs() if pnet_graphs and fast_mtcnn and self.device.type == "cuda" else pnet_pyramid
         self.mtcnn = MTCNN(
             margin=0,
             thresholds=list(thresholds),
@@ -138,7 +142,7 @@ class FaceDetector:
                     batch = shrink([frames[i] for i in chunk], size, scale)
                     batch_points: Sequence[np.ndarray | None] = [None] * len(chunk)
                     if self.fast_mtcnn:
-                        batch_boxes, batch_probs = detect_fast(self.mtcnn, batch)
+                        batch_boxes, batch_probs = detect_fast(self.mtcnn, batch, self._pyramid)
                     elif self.landmarks:
                         batch_boxes, batch_probs, batch_points = self.mtcnn.detect(batch, landmarks=True)
                     else:

@@ -119,3 +119,16 @@ def test_one_nms_call_decides_as_a_call_per_group() -> None:
         separate = members[nms(boxes[members], scores[members], 0.5)]
         assert torch.equal(keep[groups[keep] == g], separate)
 
+
+def test_pyramid_graphs_run_eagerly_off_cuda() -> None:
+    import torch
+
+    from detector.cuda_graphs import PyramidGraphs
+    from detector.fast_mtcnn import pnet_pyramid
+
+    pnet = FaceDetector("cpu", fast_mtcnn=True).mtcnn.pnet
+    imgs = torch.as_tensor(np.stack([astronaut_frame(240), astronaut_frame(240, shift=20)])).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        want, got = pnet_pyramid(pnet, imgs, [0.6, 0.3]), PyramidGraphs()(pnet, imgs, [0.6, 0.3])
+    assert got.shapes == want.shapes
+    assert torch.equal(got.probs, want.probs) and torch.equal(got.reg, want.reg)

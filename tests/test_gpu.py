@@ -89,3 +89,57 @@ def test_engine_on_cuda() -> None:
         engine.close()
     assert all(len(r.faces) == 1 for r in results)
     assert engine.stats.batches <= 2
+
+
+def _gpu_frames(shifts: tuple[int, ...]) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.ascontiguousarray(astronaut_frame(1080, shift=s))).cuda() for s in shifts]
+
+
+def test_pnet_pyramid_graphs_find_the_eager_boxes() -> None:
+    """Replayed P-Net graphs: the eager boxes exactly at a captured size, and with padding (5 frames in a graph
+    of 8) the same faces, none from the padded frames (their cells would index past the batch)."""
+    eager = FaceDetector("cuda", gpu_resize=True, fast_mtcnn=True)
+    graphed = FaceDetector("cuda", gpu_resize=True, fast_mtcnn=True, pnet_graphs=True)
+    for shifts in ((-60, 0, 60, 90), (-60, 0, 60, 90, 30), (0,)):
+        frames = _gpu_frames(shifts)
+        want = eager.detect(frames)
+        for _ in range(2):  # the capture, then a replay
+            got = graphed.detect(frames)
+            assert len(got) == len(frames)
+            for w, g in zip(want, got, strict=True):
+                assert len(w) == len(g) == 1
+                if len(frames) in (1, 4):
+                    np.testing.assert_array_equal(w.boxes, g.boxes)
+                else:
+                    assert np.abs(w.boxes - g.boxes).max() <= 2
+    torch.cuda.synchronize()
+
+
+def test_pnet_pyramid_graphs_are_per_thread(caplog: pytest.LogCaptureFixture) -> None:
+    """Two detection threads capture at the same moment (as an engine's do on its first batch), then replay
+    their own graphs side by side, and each gets its own frames' faces."""
+    import threading
+
+    eager = FaceDetector("cuda", gpu_resize=True, fast_mtcnn=True)
+    graphed = FaceDetector("cuda", gpu_resize=True, fast_mtcnn=True, pnet_graphs=True)
+    batches = {"left": _gpu_frames((-90, -90, -90, -90)), "right": _gpu_frames((90, 90, 90, 90))}
+    want = {name: eager.detect(frames)[0].boxes for name, frames in batches.items()}
+    assert not np.array_equal(want["left"], want["right"])
+    wrong: list[str] = []
+    start = threading.Barrier(2)
+
+    def detect(name: str) -> None:
+        with torch.cuda.stream(torch.cuda.Stream()), torch.inference_mode():
+            start.wait()
+            for _ in range(20):
+                for faces in graphed.detect(batches[name]):
+                    if not np.array_equal(faces.boxes, want[name]):
+                        wrong.append(name)
+
+    threads = [threading.Thread(target=detect, args=(name,)) for name in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+    assert "capture" not in caplog.text  # both captured (a refused capture would have stayed eager, with a warning)
