@@ -18,6 +18,7 @@ only small index and weight tables cross to the device, never pixels.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -325,8 +326,13 @@ def _area_fast_step(n_in: int, n_out: int) -> int | None:
     return step if abs(scale - step) < sys.float_info.epsilon else None
 
 
+@functools.lru_cache(maxsize=4096)
 def _canvas_taps(n_in: int, n_out: int, size: int, kind: str, fast_step: int | None, vertical: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(size, T) source indices and float32 weights of each canvas position: the resize placed by ``put_to_center``."""
+    """(size, T) source indices and float32 weights of each canvas position: the resize placed by ``put_to_center``.
+
+    Cached (read-only arrays): face sizes repeat from frame to frame, and this NumPy work holds the GIL
+    in the detection threads.
+    """
     if kind == "copy":
         index, weight = np.arange(n_out, dtype=np.int64)[:, None], np.ones((n_out, 1), dtype=np.float32)
     elif kind == "cubic":
@@ -343,6 +349,7 @@ def _canvas_taps(n_in: int, n_out: int, size: int, kind: str, fast_step: int | N
     canvas_weight = np.zeros((size, index.shape[1]), dtype=np.float32)
     canvas_index[start : start + n_out] = index
     canvas_weight[start : start + n_out] = weight
+    canvas_index.flags.writeable = canvas_weight.flags.writeable = False
     return canvas_index, canvas_weight
 
 
