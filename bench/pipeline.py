@@ -399,7 +399,7 @@ def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngi
     ensembles = [make_ensemble(args.encoder, args.live_models, d, d.type == "cuda" and not args.no_graphs, 380) for d in devices]
     engines = []
     for d, ensemble in zip(devices, ensembles, strict=True):
-        detector_cfg = DetectorConfig(device=str(d), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380)
+        detector_cfg = DetectorConfig(device=str(d), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380, cuda_graphs=not args.no_graphs)
         engines.append(build_engine(detector_cfg, engine_cfg, ensemble=ensemble))
     return engines[0] if len(engines) == 1 else EnginePool(engines)
 
@@ -490,9 +490,12 @@ def main() -> int:
     parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")
     parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "latency", "live", "sources"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
-    parser.add_argument("--no-graphs", action="store_true", help="live: eager classifier (no CUDA graphs)")
+    parser.add_argument("--no-graphs", action="store_true", help="live: no CUDA graphs (eager classifier and P-Net pyramid)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None, help="the interpreter's GIL switch interval (sys.setswitchinterval); default Python's 5 ms")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
     args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     NVDEC.backend = args.nvdec_backend
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     meta = {
@@ -505,6 +508,7 @@ def main() -> int:
         "sample_fps": args.sample_fps,
         "clips": args.clip_names,
         "repeat_clips": args.repeat_clips,
+        "switch_interval_ms": sys.getswitchinterval() * 1000,
     }
     print(json.dumps(meta))
     rows: list[dict[str, object]] = []
