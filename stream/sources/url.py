@@ -370,10 +370,12 @@ class VideoSource:
             if self._stop_requested.is_set():
                 return
             if target.is_file:
-                if not (stalled and self.cfg.loop and self._frames_decoded > frames_before):
+                if not (stalled and self.cfg.loop):
                     self._fail(detail)  # a local file that errors will error again
                     return
-                timeline.new_pass()  # a looping file (a stand-in for a feed) that worked, then stalled under load
+                # a looping file stands in for a feed: a stall (no picture within the watchdog, as when a
+                # busy box starts 150 streams at once) is load, not a broken file; broken ones raise
+                timeline.new_pass()
             if self._frames_decoded > frames_before:
                 delay = self._backoff_min_s  # it worked for a while: retry quickly
             self._set_state(StreamState.RECONNECTING, detail)
