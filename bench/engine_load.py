@@ -59,9 +59,9 @@ def _high_priority_detection(engine_stream: Any) -> Any:
 
 def run_variant(variant: str, frames: list[Any], detector: FaceDetector, ensemble: Ensemble, args: argparse.Namespace) -> dict[str, object]:
     sys.setswitchinterval(0.0005 if "switch" in variant else 0.005)
-    original_stream = InferenceEngine._cuda_stream
+    original_stream = InferenceEngine._cuda_stream  # noqa: SLF001 - the experiment swaps the engine's stream choice
     if variant == "detect-high-priority":
-        InferenceEngine._cuda_stream = _high_priority_detection(original_stream)  # type: ignore[method-assign]
+        InferenceEngine._cuda_stream = _high_priority_detection(original_stream)  # type: ignore[method-assign]  # noqa: SLF001
     workers = 1 if variant == "one-detect-thread" else args.detect_workers
     engine = InferenceEngine(detector, ensemble, max_batch=args.max_batch, max_wait_ms=20, max_pending_per_stream=2, detect_workers=workers)
     stop = threading.Event()
@@ -84,7 +84,7 @@ def run_variant(variant: str, frames: list[Any], detector: FaceDetector, ensembl
     finally:
         stop.set()
         engine.close()
-        InferenceEngine._cuda_stream = original_stream  # type: ignore[method-assign]
+        InferenceEngine._cuda_stream = original_stream  # type: ignore[method-assign]  # noqa: SLF001
         sys.setswitchinterval(0.005)
 
 
