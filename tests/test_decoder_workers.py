@@ -100,7 +100,7 @@ def test_pool_size_is_kept(workers: int) -> None:
 
 
 def test_closing_the_pool_under_busy_streams_raises_in_no_thread(astronaut_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pool closes its connections while the reader threads are reading them (service shutdown, bench rows)."""
+    """The pool ends its connections while the reader threads are reading them (service shutdown, bench rows)."""
     import threading
 
     crashes: list[str] = []
@@ -114,7 +114,10 @@ def test_closing_the_pool_under_busy_streams_raises_in_no_thread(astronaut_clip:
                 source.start()
             for source in sources:
                 assert await source.next_frame() is not None
+            workers = list(pool.workers)
             pool.close()  # streams still running: no stop first
+            # closed in order: each reader saw the end and closed its own connection, each worker left
+            assert workers and all(not w.reader.is_alive() and w.conn.closed and w.proc.poll() is not None for w in workers)
             await asyncio.sleep(0.5)
 
         asyncio.run(run())

@@ -185,22 +185,34 @@ class _WorkerHandle:
         with self.lock, contextlib.suppress(OSError, ValueError, BrokenPipeError):
             self.conn.send_bytes(bytes(ForkingPickler.dumps(message)))
 
+    def shut_down(self) -> None:
+        """End the connection in order: the socket is shut down both ways, so the worker and this handle's
+        reader both see its end; the reader then closes it (closing it here would pull the descriptor
+        from under the reader's blocked read)."""
+        with contextlib.suppress(OSError, ValueError):
+            with socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
     def _read(self) -> None:
         import torch
         import torch.multiprocessing  # noqa: F401 - registers CUDA tensor unpickling (IPC handles)
 
         copy_stream = None
-        while True:
-            try:
-                message = ForkingPickler.loads(self.conn.recv_bytes())
-            except (EOFError, OSError, TypeError):  # TypeError: the pool closed the connection under this read
-                break
-            source = self.sources.get(message[1])
-            if source is None:
-                continue
-            if message[0] == "frame" and copy_stream is None:
-                copy_stream = torch.cuda.Stream(source.ring_device())
-            source.on_message(message, copy_stream)
+        try:
+            while True:
+                try:
+                    message = ForkingPickler.loads(self.conn.recv_bytes())
+                except (EOFError, OSError):  # the worker left, or the pool shut the socket down
+                    break
+                source = self.sources.get(message[1])
+                if source is None:
+                    continue
+                if message[0] == "frame" and copy_stream is None:
+                    copy_stream = torch.cuda.Stream(source.ring_device())
+                source.on_message(message, copy_stream)
+        finally:
+            with self.lock:  # not under a send
+                self.conn.close()  # only this thread closes it: never under its own read
         code = None
         with contextlib.suppress(subprocess.TimeoutExpired):
             code = self.proc.wait(5.0)  # reap it, so a crash shows as its exit code
@@ -239,12 +251,13 @@ class DecoderPool:
         with self.lock:
             workers, self.workers = self.workers, []
         for worker in workers:
-            with contextlib.suppress(OSError):
-                worker.conn.close()
+            worker.shut_down()
+        for worker in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.proc.wait(5.0)
             if worker.proc.poll() is None:
                 worker.proc.kill()
+            worker.reader.join(10.0)
 
 
 _POOLS: dict[int | None, DecoderPool] = {}
