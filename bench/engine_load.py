@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipeline import DEFAULT_CLIPS, make_ensemble  # noqa: E402
+from pipeline import DEFAULT_CLIPS, make_ensemble, write_results  # noqa: E402
 
 from detector.classifier import Ensemble  # noqa: E402
 from detector.engine import FrameResult, InferenceEngine  # noqa: E402
@@ -174,9 +174,7 @@ def main() -> int:
                 f"{row['mean_batch_frames']:>6} {row['detect_ms_per_batch']:>10} {row['classify_ms_per_batch']:>12}",
                 flush=True,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, meta, rows)
     return 0
 
 

@@ -524,10 +524,15 @@ def main() -> int:
     if "sources" in args.parts:
         print("decoders alone (no engine: every sample answered at once):", flush=True)
         rows += live_part(args, device, decode_only=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, meta, rows)
     return 0
+
+
+def write_results(out: Path, meta: dict[str, object], rows: list[dict[str, object]]) -> None:
+    """The bench scripts' JSON: the run's meta and its rows."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
