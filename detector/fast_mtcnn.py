@@ -46,18 +46,18 @@ def _windows(start: torch.Tensor, length: torch.Tensor, size: int) -> tuple[torc
 
 
 def _crops(table: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every crop of a stage resized to ``size`` in one gather; returns crops and the mask of boxes with pixels.
+    """Every crop of a stage resized to ``size`` in one gather; returns crops and the indices of the boxes with pixels.
 
     Equal to facenet's per-box ``imresample(img[:, :, y-1:ey, x-1:ex], size)`` (area resize) up to float
     rounding, since the window sums come from an exact integer summed-area table.
     """
     h, w = table.shape[2] - 1, table.shape[3] - 1
     y, ey, x, ex = _clip_boxes(boxes, w, h)
-    valid = (ey > y - 1) & (ex > x - 1)
-    y0, x0 = (y[valid] - 1).long(), (x[valid] - 1).long()
-    ys, ye = _windows(y0, ey[valid].long() - y0, size)
-    xs, xe = _windows(x0, ex[valid].long() - x0, size)
-    n = image_inds[valid].long()[:, None, None]
+    kept = ((ey > y - 1) & (ex > x - 1)).nonzero().squeeze(1)  # one host synchronisation, not one per mask
+    y0, x0 = (y[kept] - 1).long(), (x[kept] - 1).long()
+    ys, ye = _windows(y0, ey[kept].long() - y0, size)
+    xs, xe = _windows(x0, ex[kept].long() - x0, size)
+    n = image_inds[kept].long()[:, None, None]
 
     def at(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:  # (K, size, size, C)
         return table[n, :, rows[:, :, None], cols[:, None, :]]
@@ -65,7 +65,26 @@ def _crops(table: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, s
     sums = at(ye, xe) - at(ys, xe) - at(ye, xs) + at(ys, xs)
     area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).unsqueeze(-1)
     crops = (sums.to(torch.float64) / area).to(torch.float32).permute(0, 3, 1, 2).contiguous()
-    return crops, valid
+    return crops, kept
+
+
+def _refine(
+    net: torch.nn.Module, table: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, size: int, threshold: float, score_output: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """R-Net or O-Net on every box's crop: the boxes that pass (corners + score), their frames and regressions.
+
+    facenet's stage with its boolean masks replaced by the indices of one ``nonzero`` each (the same
+    elements in the same order): two host synchronisations a stage instead of eleven.
+    """
+    crops, kept = _crops(table, boxes, image_inds, size)
+    if kept.numel() == 0:  # no box has a pixel in its frame: nothing for the net
+        return torch.zeros((0, 5), device=boxes.device), image_inds[:0], torch.zeros((0, 4), device=boxes.device)
+    boxes, image_inds = boxes[kept], image_inds[kept]
+    out = fixed_batch_process((crops - 127.5) * 0.0078125, net)
+    score = out[score_output].permute(1, 0)[1, :]
+    passing = (score > threshold).nonzero().squeeze(1)
+    boxes = torch.cat((boxes[passing, :4], score[passing].unsqueeze(1)), dim=1)
+    return boxes, image_inds[passing], out[0][passing]
 
 
 def _cell_corners(size: int, scale: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,27 +230,13 @@ def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor, pyramid: PyramidFn = pne
 
     table = integral_image(imgs) if len(boxes) > 0 else imgs
     if len(boxes) > 0:  # R-Net
-        crops, valid = _crops(table, boxes, image_inds, 24)
-        boxes, image_inds = boxes[valid], image_inds[valid]
-        out = fixed_batch_process((crops - 127.5) * 0.0078125, rnet)
-        score = out[1].permute(1, 0)[1, :]
-        ipass = score > threshold[1]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds = image_inds[ipass]
-        mv = out[0].permute(1, 0)[:, ipass].permute(1, 0)
+        boxes, image_inds, mv = _refine(rnet, table, boxes, image_inds, 24, threshold[1], score_output=1)
         pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
         boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
         boxes = rerec(bbreg(boxes, mv))
 
     if len(boxes) > 0:  # O-Net
-        crops, valid = _crops(table, boxes, image_inds, 48)
-        boxes, image_inds = boxes[valid], image_inds[valid]
-        out = fixed_batch_process((crops - 127.5) * 0.0078125, onet)
-        score = out[2].permute(1, 0)[1, :]
-        ipass = score > threshold[2]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds = image_inds[ipass]
-        mv = out[0].permute(1, 0)[:, ipass].permute(1, 0)
+        boxes, image_inds, mv = _refine(onet, table, boxes, image_inds, 48, threshold[2], score_output=2)
         boxes = bbreg(boxes, mv)
         pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         boxes, image_inds = boxes[pick], image_inds[pick]
