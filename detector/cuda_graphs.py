@@ -12,8 +12,10 @@ import dataclasses
 import gc
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
@@ -82,8 +84,11 @@ class GraphedModel:
 
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
+V = TypeVar("V")
 
 PYRAMID_SIZES = (1, 2, 4, 8, 16, 32, 64)
+MAX_PYRAMID_GRAPHS = 16  # per detection thread: every batch size of two frame sizes, and some
 _CAPTURE_LOCK = threading.Lock()  # one capture at a time in the process
 
 
@@ -108,11 +113,14 @@ class PyramidGraphs:
     Graphs are per thread: a graph's outputs are static buffers, and two detection threads replaying
     one graph on two CUDA streams would overwrite each other's. Each thread captures what it needs
     on first use (about 0.1 s each) into its own memory pool, one capture at a time in the process;
-    a capture CUDA refuses leaves that size eager, with a warning.
+    a capture CUDA refuses leaves that size eager, with a warning. A thread keeps its
+    ``max_graphs`` most recently used graphs: frame sizes come and go (a WebRTC sender adapts its
+    resolution; a scan meets every size of its videos), and a 1080p graph of 32 frames holds ~0.3 GB.
     """
 
-    def __init__(self, sizes: tuple[int, ...] = PYRAMID_SIZES) -> None:
+    def __init__(self, sizes: tuple[int, ...] = PYRAMID_SIZES, max_graphs: int = MAX_PYRAMID_GRAPHS) -> None:
         self.sizes = tuple(sorted(sizes))
+        self.max_graphs = max_graphs
         self._local = threading.local()
 
     def _bucket(self, n: int) -> int | None:
@@ -122,12 +130,13 @@ class PyramidGraphs:
         bucket = self._bucket(imgs.shape[0])
         if imgs.device.type != "cuda" or bucket is None:
             return pnet_pyramid(pnet, imgs, scales)
-        captured: dict[tuple[object, ...], _CapturedPyramid | None] = self._local.__dict__.setdefault("graphs", {})
+        captured: LruCache[tuple[object, ...], _CapturedPyramid | None] = self._local.__dict__.setdefault("graphs", LruCache(self.max_graphs))
         layout = _layout(imgs)
         key = (id(pnet), bucket, tuple(imgs.shape[1:]), layout, tuple(scales), imgs.device)
-        if key not in captured:
-            captured[key] = self._capture(pnet, bucket, imgs, layout, scales)
-        entry = captured[key]
+        found, entry = captured.get(key)
+        if not found:
+            entry = self._capture(pnet, bucket, imgs, layout, scales)
+            captured.put(key, entry)
         if entry is None:  # its capture failed: eager for good
             return pnet_pyramid(pnet, imgs, scales)
         entry.static_in[: imgs.shape[0]].copy_(imgs)
@@ -181,6 +190,35 @@ class PyramidGraphs:
                     gc.enable()
         # every tensor the graph reads is kept with it: freed, its memory would be handed to other tensors
         return _CapturedPyramid(static_in, frames, cell_frame, output, graph)
+
+
+class LruCache(Generic[K, V]):
+    """At most ``limit`` entries; the least recently used one goes first."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"an LRU cache needs room for at least one entry, got {limit}")
+        self.limit = limit
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        """(found, value): a value may itself be None."""
+        if key not in self._entries:
+            return False, None
+        self._entries.move_to_end(key)
+        return True, self._entries[key]
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keys(self) -> list[K]:
+        return list(self._entries)
 
 
 def _layout(imgs: torch.Tensor) -> torch.memory_format:

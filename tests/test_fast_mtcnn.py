@@ -132,3 +132,18 @@ def test_pyramid_graphs_run_eagerly_off_cuda() -> None:
         want, got = pnet_pyramid(pnet, imgs, [0.6, 0.3]), PyramidGraphs()(pnet, imgs, [0.6, 0.3])
     assert got.shapes == want.shapes
     assert torch.equal(got.probs, want.probs) and torch.equal(got.reg, want.reg)
+
+
+def test_pyramid_graph_cache_keeps_the_most_recently_used() -> None:
+    """A thread's P-Net graphs are bounded: frame sizes come and go (WebRTC senders adapt, a scan meets many)."""
+    from detector.cuda_graphs import LruCache
+
+    cache: LruCache[str, int | None] = LruCache(3)
+    for key, value in (("a", 1), ("b", None), ("c", 3)):
+        cache.put(key, value)
+    assert cache.get("a") == (True, 1)  # now the most recent
+    assert cache.get("b") == (True, None)  # a failed capture is remembered as such
+    cache.put("d", 4)
+    assert cache.keys() == ["a", "b", "d"] and cache.get("c") == (False, None)
+    with pytest.raises(ValueError, match="at least one"):
+        LruCache(0)
