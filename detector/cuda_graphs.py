@@ -22,7 +22,16 @@ from torch import nn
 
 from detector.fast_mtcnn import Pyramid, pnet_pyramid
 
+log = logging.getLogger(__name__)
+K = TypeVar("K")
+V = TypeVar("V")
+
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def smallest_fitting(sizes: Sequence[int], n: int) -> int | None:
+    """The smallest captured batch size (``sizes`` ascending) that holds ``n``; None if none does."""
+    return next((size for size in sizes if size >= n), None)
 
 
 class GraphedModel:
@@ -66,10 +75,7 @@ class GraphedModel:
         torch.cuda.synchronize(self.device)
 
     def _bucket(self, n: int) -> int:
-        for size in self.sizes:
-            if size >= n:
-                return size
-        return self.sizes[-1]
+        return smallest_fitting(self.sizes, n) or self.sizes[-1]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         outputs = []
@@ -83,11 +89,6 @@ class GraphedModel:
         return torch.cat(outputs)
 
 
-log = logging.getLogger(__name__)
-K = TypeVar("K")
-V = TypeVar("V")
-
-PYRAMID_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MAX_PYRAMID_GRAPHS = 16  # per detection thread: every batch size of two frame sizes, and some
 _CAPTURE_LOCK = threading.Lock()  # one capture at a time in the process
 
@@ -118,19 +119,18 @@ class PyramidGraphs:
     resolution; a scan meets every size of its videos), and a 1080p graph of 32 frames holds ~0.3 GB.
     """
 
-    def __init__(self, sizes: tuple[int, ...] = PYRAMID_SIZES, max_graphs: int = MAX_PYRAMID_GRAPHS) -> None:
+    def __init__(self, sizes: tuple[int, ...] = DEFAULT_SIZES, max_graphs: int = MAX_PYRAMID_GRAPHS) -> None:
         self.sizes = tuple(sorted(sizes))
         self.max_graphs = max_graphs
         self._local = threading.local()
 
-    def _bucket(self, n: int) -> int | None:
-        return next((size for size in self.sizes if size >= n), None)
-
     def __call__(self, pnet: nn.Module, imgs: torch.Tensor, scales: Sequence[float]) -> Pyramid:
-        bucket = self._bucket(imgs.shape[0])
+        bucket = smallest_fitting(self.sizes, imgs.shape[0])
         if imgs.device.type != "cuda" or bucket is None:
             return pnet_pyramid(pnet, imgs, scales)
-        captured: LruCache[tuple[object, ...], _CapturedPyramid | None] = self._local.__dict__.setdefault("graphs", LruCache(self.max_graphs))
+        captured: LruCache[tuple[object, ...], _CapturedPyramid | None] | None = getattr(self._local, "graphs", None)
+        if captured is None:
+            captured = self._local.graphs = LruCache(self.max_graphs)
         layout = _layout(imgs)
         key = (id(pnet), bucket, tuple(imgs.shape[1:]), layout, tuple(scales), imgs.device)
         found, entry = captured.get(key)
@@ -152,7 +152,9 @@ class PyramidGraphs:
         with Python's garbage collector held off so no tensor is freed into the capture.
         """
         device = imgs.device
-        pool = self._local.__dict__.setdefault("pool", torch.cuda.graph_pool_handle())
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = torch.cuda.graph_pool_handle()
         # the caller's memory layout, so cuDNN runs the kernels it runs eagerly: the same values
         static_in = torch.zeros((bucket, *imgs.shape[1:]), dtype=imgs.dtype, device=device).contiguous(memory_format=layout)
         frames = torch.full((), bucket, dtype=torch.int64, device=device)
@@ -213,9 +215,6 @@ class LruCache(Generic[K, V]):
         self._entries.move_to_end(key)
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def keys(self) -> list[K]:
         return list(self._entries)
