@@ -4,8 +4,9 @@ Decoded 1080p frames of the bench clips are submitted round robin over N stream 
 (150 cameras at 2 samples/s = 300/s), as NVDEC would hand them over. What comes back: frames scored
 per second, samples dropped, p50/p99 submit-to-score latency, and detection/classification time per
 batch. Variants tell apart what slows detection under load: a GIL switch interval, a high-priority
-CUDA stream for detection, one detection thread, and a pure-Python "GIL hog" thread beside the engine
-(the service's event loop and decoder-pool readers are such threads). An offline row submits 384
+CUDA stream for detection, one detection thread, a pure-Python "GIL hog" thread beside the engine
+(the service's event loop and decoder-pool readers are such threads), and the MTCNN cascade and crop
+resampling run eagerly ("unscripted") instead of as TorchScript calls. An offline row submits 384
 frames at once. Needs CUDA for meaningful numbers (runs on the CPU with numpy frames, slowly).
 
     python bench/engine_load.py --out out/engine-load.json
@@ -32,12 +33,23 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline import DEFAULT_CLIPS, make_ensemble, write_results  # noqa: E402
 
+from detector import gpu_preprocessing  # noqa: E402
 from detector.classifier import Ensemble  # noqa: E402
 from detector.engine import FrameResult, InferenceEngine  # noqa: E402
 from detector.faces import FaceDetector  # noqa: E402
 from detector.video import read_evenly_spaced_frames  # noqa: E402
 
-VARIANTS = ("offline", "paced", "switch-0.5ms", "detect-high-priority", "one-detect-thread", "gil-hog", "switch-0.5ms+gil-hog")
+VARIANTS = (
+    "offline",
+    "paced",
+    "switch-0.5ms",
+    "detect-high-priority",
+    "one-detect-thread",
+    "gil-hog",
+    "switch-0.5ms+gil-hog",
+    "unscripted",
+    "unscripted+gil-hog",
+)
 
 
 def _gil_hog(stop: threading.Event) -> None:
@@ -57,7 +69,12 @@ def _high_priority_detection(engine_stream: Any) -> Any:
     return stream
 
 
-def run_variant(variant: str, frames: list[Any], detector: FaceDetector, ensemble: Ensemble, args: argparse.Namespace) -> dict[str, object]:
+def run_variant(variant: str, frames: list[Any], detectors: dict[bool, FaceDetector], ensemble: Ensemble, args: argparse.Namespace) -> dict[str, object]:
+    scripted = "unscripted" not in variant
+    detector = detectors[scripted]
+    original_resample = gpu_preprocessing.scripted_resample  # noqa: SLF001 - the experiment swaps the crops' resampling
+    if not scripted:
+        gpu_preprocessing.scripted_resample = lambda: gpu_preprocessing._resample  # type: ignore[method-assign]  # noqa: SLF001 - the eager resampling
     sys.setswitchinterval(0.0005 if "switch" in variant else 0.005)
     original_stream = InferenceEngine._cuda_stream  # noqa: SLF001 - the experiment swaps the engine's stream choice
     if variant == "detect-high-priority":
@@ -68,7 +85,7 @@ def run_variant(variant: str, frames: list[Any], detector: FaceDetector, ensembl
     hogs = [threading.Thread(target=_gil_hog, args=(stop,), daemon=True) for _ in range(1 if "gil-hog" in variant else 0)]
     for hog in hogs:
         hog.start()
-    row: dict[str, object] = {"variant": variant, "detect_workers": workers, "switch_interval_ms": round(sys.getswitchinterval() * 1000, 3)}
+    row: dict[str, object] = {"variant": variant, "detect_workers": workers, "switch_interval_ms": round(sys.getswitchinterval() * 1000, 3), "scripted": scripted}
     try:
         for future in [engine.submit(f"warm-{i}", frames[i % len(frames)]) for i in range(args.max_batch)]:
             future.result()
@@ -85,6 +102,7 @@ def run_variant(variant: str, frames: list[Any], detector: FaceDetector, ensembl
         stop.set()
         engine.close()
         InferenceEngine._cuda_stream = original_stream  # type: ignore[method-assign]  # noqa: SLF001
+        gpu_preprocessing.scripted_resample = original_resample  # type: ignore[method-assign]
         sys.setswitchinterval(0.005)
 
 
@@ -150,7 +168,7 @@ def main() -> int:
         decoded = read_evenly_spaced_frames(args.clips / name, args.frames_per_clip).frames
         frames += [torch.from_numpy(f).to(device) for f in decoded] if device.type == "cuda" else decoded
     ensemble = make_ensemble(args.encoder, 1, device, graphs, 380)
-    detector = FaceDetector(device, rescale="size", gpu_resize=True, fast_mtcnn=True, pnet_graphs=graphs)
+    detectors = {script: FaceDetector(device, rescale="size", gpu_resize=True, fast_mtcnn=True, pnet_graphs=graphs, scripted=script) for script in (True, False)}
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -164,7 +182,7 @@ def main() -> int:
     rows = []
     print(f"{'variant':22s} {'scored/s':>9s} {'dropped':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'batch':>6s} {'detect ms':>10s} {'classify ms':>12s}")
     for variant in args.variants:
-        row = run_variant(variant, frames, detector, ensemble, args)
+        row = run_variant(variant, frames, detectors, ensemble, args)
         rows.append(row)
         if variant == "offline":
             print(f"{variant:22s} {row['frames_per_s']:>9} (all frames at once)", flush=True)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from detector.cuda_graphs import PyramidGraphs
 from detector.devices import resolve_device
-from detector.fast_mtcnn import PyramidFn, detect_fast, pnet_pyramid
+from detector.fast_mtcnn import CascadeFn, PyramidFn, detect_fast, pnet_pyramid, scripted_cascade
 from detector.gpu_preprocessing import shrink_for_detection
 from detector.preprocessing import crop_with_margin
 
@@ -76,7 +76,10 @@ class FaceDetector:
         fast_mtcnn: bool = False,
         landmarks: bool = False,
         pnet_graphs: bool = False,
+        scripted: bool | None = None,
     ) -> None:
+        """``scripted`` (fast_mtcnn only): the cascade after P-Net as one TorchScript call that leaves the GIL
+        alone; None means on CUDA, where the decoders' and the event loop's threads compete for the GIL."""
         if landmarks and fast_mtcnn:
             raise ValueError("landmarks need facenet-pytorch's own detect; fast_mtcnn does not compute them")
         self.device = resolve_device(device)
@@ -94,6 +97,8 @@ class FaceDetector:
             device=self.device,
             keep_all=True,
         )
+        use_script = scripted if scripted is not None else self.device.type == "cuda"
+        self._cascade: CascadeFn | None = scripted_cascade(self.mtcnn) if fast_mtcnn and use_script else None
 
     def _target_size(self, frame: np.ndarray | torch.Tensor) -> tuple[tuple[int, int], float]:
         height, width = frame.shape[:2]
@@ -142,7 +147,7 @@ class FaceDetector:
                     batch = shrink([frames[i] for i in chunk], size, scale)
                     batch_points: Sequence[np.ndarray | None] = [None] * len(chunk)
                     if self.fast_mtcnn:
-                        batch_boxes, batch_probs = detect_fast(self.mtcnn, batch, self._pyramid)
+                        batch_boxes, batch_probs = detect_fast(self.mtcnn, batch, self._pyramid, self._cascade)
                     elif self.landmarks:
                         batch_boxes, batch_probs, batch_points = self.mtcnn.detect(batch, landmarks=True)
                     else:
@@ -151,9 +156,7 @@ class FaceDetector:
                     results[i] = self._faces_in(frames[i], boxes, probs, scale, points)
         return results
 
-    def _faces_in(
-        self, frame: np.ndarray | torch.Tensor, boxes: np.ndarray | None, probs: np.ndarray | None, scale: float, points: np.ndarray | None
-    ) -> FrameFaces:
+    def _faces_in(self, frame: np.ndarray | torch.Tensor, boxes: np.ndarray | None, probs: np.ndarray | None, scale: float, points: np.ndarray | None) -> FrameFaces:
         empty_landmarks = np.zeros((0, 5, 2), dtype=np.float32) if self.landmarks else None
         if boxes is None or probs is None:
             return FrameFaces(landmarks=empty_landmarks)

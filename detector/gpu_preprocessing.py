@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.preprocessing import isotropic_shape, margin_bounds, normalize_batch
+from detector.scripting import compile_or_eager
 
 Frames = torch.Tensor | Sequence[torch.Tensor]
 """RGB uint8 HWC frames on one device: a (N, H, W, 3) tensor or a sequence of (H, W, 3) tensors (sizes may differ)."""
@@ -112,7 +113,7 @@ def margin_crops(frames: Frames, boxes: Boxes, frame_index: FrameIndex) -> list[
     return crops
 
 
-def prepare_crops(frames: Frames, boxes: Boxes, frame_index: FrameIndex, input_size: int) -> torch.Tensor:
+def prepare_crops(frames: Frames, boxes: Boxes, frame_index: FrameIndex, input_size: int, scripted: bool | None = None) -> torch.Tensor:
     """Margin crop, isotropic resize and centring of every box: uint8 (K, input_size, input_size, 3) on the frames' device.
 
     ``stack_crops([crop_with_margin(frame, box) ...], input_size)``, computed on the device.  ``boxes`` (K, 4)
@@ -137,6 +138,8 @@ def prepare_crops(frames: Frames, boxes: Boxes, frame_index: FrameIndex, input_s
       order of float operations is unpublished, so a value within ~1e-5 of a half can round the other
       way: one level, on ~5e-6 of values (measured); bit-exactness is out of reach without IPP's code.
     - INTER_CUBIC from a source under 4 px (IPP declines it): OpenCV's own 11-bit fixed point.
+
+    ``scripted``: resample in one TorchScript call (None: on CUDA, where the GIL is contended).
     """
     frame_list = _frame_list(frames)
     device = frame_list[0].device if frame_list else torch.device("cpu")
@@ -147,22 +150,22 @@ def prepare_crops(frames: Frames, boxes: Boxes, frame_index: FrameIndex, input_s
     pixels, pixel_base = _pixel_table(frames, frame_list, sorted(set(index_list)))
     plan = _plan(frame_list, pixel_base, box_list, index_list, input_size)
     t = _to_device(plan, device)
-    rows_total, count = len(plan.crop_of_row), len(box_list)
-    # Columns: every source row of every crop becomes input_size canvas columns.
-    rows = torch.empty((rows_total, input_size, 3), dtype=torch.float32, device=device)
-    for start in range(0, rows_total, max(_CHUNK // input_size, 1)):
-        part = slice(start, start + max(_CHUNK // input_size, 1))
-        crop, base = t["crop_of_row"][part], t["row_base"][part, None]
-        rows[part] = _tap_sum((pixels[base + t["x_index"][:, :, k][crop]], t["x_weight"][:, :, k][crop].unsqueeze(-1)) for k in range(plan.x_index.shape[2]))
-    # Rows: each crop's canvas rows from its resampled source rows; the canvas outside the image has weight 0.
-    out = torch.empty((count, input_size, input_size, 3), dtype=torch.uint8, device=device)
-    for start in range(0, count, max(_CHUNK // input_size**2, 1)):
-        part = slice(start, start + max(_CHUNK // input_size**2, 1))
-        values = _tap_sum((rows[t["y_index"][part, :, k]], t["y_weight"][part, :, k, None, None]) for k in range(plan.y_index.shape[2]))
-        if plan.post_scale is not None:  # resizeAreaFast: block sum * (1.f / area); 2x2 rounds half up (+ 1/8)
-            values = values * t["post_scale"][part].view(-1, 1, 1, 1) + t["post_bias"][part].view(-1, 1, 1, 1)
-        out[part] = values.round_().clamp_(0, 255).to(torch.uint8)  # round half to even: cvRound
-    return out
+    none = torch.zeros((0,), dtype=torch.float32, device=device)
+    resample = scripted_resample() if (scripted if scripted is not None else device.type == "cuda") else _resample
+    return resample(
+        pixels,
+        t["crop_of_row"],
+        t["row_base"],
+        t["x_index"],
+        t["x_weight"],
+        t["y_index"],
+        t["y_weight"],
+        t.get("post_scale", none),
+        t.get("post_bias", none),
+        plan.post_scale is not None,
+        input_size,
+        _CHUNK,
+    )
 
 
 def crops_to_batch(
@@ -199,18 +202,55 @@ class _Plan:
     post_bias: np.ndarray | None  # (K,) float32: 1/8 for resizeAreaFast's 2x2 (then half-even rounding rounds half up)
 
 
-def _tap_sum(taps: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Sum of ``values * weight`` over taps in float32 and in order: each product rounded, then added.
+def _resample(
+    pixels: torch.Tensor,
+    crop_of_row: torch.Tensor,
+    row_base: torch.Tensor,
+    x_index: torch.Tensor,
+    x_weight: torch.Tensor,
+    y_index: torch.Tensor,
+    y_weight: torch.Tensor,
+    post_scale: torch.Tensor,
+    post_bias: torch.Tensor,
+    area_fast: bool,
+    size: int,
+    chunk: int,
+) -> torch.Tensor:
+    """Both resampling passes of ``prepare_crops`` over a plan's tables (written for TorchScript): uint8 (K, size, size, 3).
 
-    Separate multiply and add kernels, never a fused multiply-add, as OpenCV's scalar loops compute.  The
-    generator keeps one tap's gathered values alive at a time.
+    Every tap is a gather and a product rounded to float32, added to the running sum in tap order:
+    separate multiply and add kernels, never a fused multiply-add, as OpenCV's scalar loops compute.
+    ``post_scale``/``post_bias`` apply when ``area_fast`` (resizeAreaFast's block sums).
     """
-    total: torch.Tensor | None = None
-    for values, weight in taps:
-        term = values.float() * weight
-        total = term if total is None else total.add_(term)
-    assert total is not None
-    return total
+    device = pixels.device
+    # Columns: every source row of every crop becomes ``size`` canvas columns.
+    rows = torch.empty((crop_of_row.shape[0], size, 3), dtype=torch.float32, device=device)
+    step = max(chunk // size, 1)
+    for start in range(0, crop_of_row.shape[0], step):
+        crop, base = crop_of_row[start : start + step], row_base[start : start + step, None]
+        total = pixels[base + x_index[:, :, 0][crop]].float() * x_weight[:, :, 0][crop].unsqueeze(-1)
+        for k in range(1, x_index.shape[2]):
+            total = total.add_(pixels[base + x_index[:, :, k][crop]].float() * x_weight[:, :, k][crop].unsqueeze(-1))
+        rows[start : start + step] = total
+    # Rows: each crop's canvas rows from its resampled source rows; the canvas outside the image has weight 0.
+    count = y_index.shape[0]
+    out = torch.empty((count, size, size, 3), dtype=torch.uint8, device=device)
+    step = max(chunk // (size * size), 1)
+    for start in range(0, count, step):
+        end = start + step
+        total = rows[y_index[start:end, :, 0]].float() * y_weight[start:end, :, 0, None, None]
+        for k in range(1, y_index.shape[2]):
+            total = total.add_(rows[y_index[start:end, :, k]].float() * y_weight[start:end, :, k, None, None])
+        if area_fast:  # resizeAreaFast: block sum * (1.f / area); 2x2 rounds half up (+ 1/8)
+            total = total * post_scale[start:end].view(-1, 1, 1, 1) + post_bias[start:end].view(-1, 1, 1, 1)
+        out[start:end] = total.round_().clamp_(0, 255).to(torch.uint8)  # round half to even: cvRound
+    return out
+
+
+@functools.cache
+def scripted_resample() -> Callable[..., torch.Tensor]:
+    """``_resample`` compiled once (``detector/scripting.py``): a GPU batch of crops is ~300 small calls."""
+    return compile_or_eager(_resample, "GPU crop resampling")
 
 
 def _frame_list(frames: Frames) -> list[torch.Tensor]:

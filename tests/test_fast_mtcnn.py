@@ -147,3 +147,29 @@ def test_pyramid_graph_cache_keeps_the_most_recently_used() -> None:
     assert cache.keys() == ["a", "b", "d"] and cache.get("c") == (False, None)
     with pytest.raises(ValueError, match="at least one"):
         LruCache(0)
+
+
+def test_scripted_cascade_finds_the_eager_boxes(detectors) -> None:
+    """The TorchScript cascade (one GIL release for ~600 torch calls) compiles here and finds exactly the eager boxes."""
+    import torch
+
+    from detector.fast_mtcnn import detect_faces_fast, scripted_cascade
+    from detector.scripting import is_compiled
+
+    _, fast = detectors
+    cascade = scripted_cascade(fast.mtcnn)
+    assert is_compiled(cascade), "TorchScript fell back to eager"
+    for height, shifts in ((480, (-50, 0, 50)), (1080, (0, 90)), (240, (0,))):
+        frames = torch.as_tensor(np.stack([astronaut_frame(height, shift=s) for s in shifts]))
+        with torch.no_grad():
+            eager, scripted = detect_faces_fast(fast.mtcnn, frames), detect_faces_fast(fast.mtcnn, frames, cascade=cascade)
+        assert sum(len(boxes) for boxes in eager) >= len(shifts)
+        for want, got in zip(eager, scripted, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_scripted_detector_on_a_frame_without_faces() -> None:
+    """Nothing past P-Net (an empty candidate set) must come back empty, not fail inside TorchScript."""
+    scripted = FaceDetector("cpu", fast_mtcnn=True, scripted=True)
+    [faces] = scripted.detect([np.zeros((360, 640, 3), dtype=np.uint8)])
+    assert len(faces) == 0 and faces.boxes.shape == (0, 4)

@@ -64,7 +64,6 @@ def test_cuda_graphs_match_eager() -> None:
     assert np.abs(ensemble.predict(torch.cat([x, x])) - np.concatenate([eager, eager], axis=1)).max() < 1e-3  # > largest size: chunks
 
 
-
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_cuda_graphs_on_the_second_gpu_after_the_first() -> None:
     """Graphs captured on cuda:0 first, then on cuda:1 (one engine per GPU): both replay what eager gives."""
@@ -77,6 +76,7 @@ def test_cuda_graphs_on_the_second_gpu_after_the_first() -> None:
         eager = ensemble.predict(xd)
         ensemble.enable_cuda_graphs(380, sizes=(1, 8))
         assert np.abs(eager - ensemble.predict(xd)).max() < 1e-3, device
+
 
 def test_engine_on_cuda() -> None:
     torch.manual_seed(0)
@@ -113,6 +113,25 @@ def test_pnet_pyramid_graphs_find_the_eager_boxes() -> None:
                 else:
                     assert np.abs(w.boxes - g.boxes).max() <= 2
     torch.cuda.synchronize()
+
+
+def test_scripted_cascade_and_crops_give_the_eager_bits_on_cuda() -> None:
+    """TorchScript (graph optimisation off) runs the eager kernels: the same boxes, probabilities and crop bytes."""
+    from detector.gpu_preprocessing import prepare_crops
+
+    eager = FaceDetector("cuda", gpu_resize=True, fast_mtcnn=True, scripted=False)
+    scripted = FaceDetector("cuda", gpu_resize=True, fast_mtcnn=True, scripted=True)
+    frames = _gpu_frames((-90, -60, 0, 30, 60, 90)) + [torch.from_numpy(np.ascontiguousarray(astronaut_frame(h))).cuda() for h in (480, 720, 2160)]
+    want, got = eager.detect(frames), scripted.detect(frames)
+    boxes, index = [], []
+    for i, (w, g) in enumerate(zip(want, got, strict=True)):
+        assert len(w) == len(g) >= 1
+        np.testing.assert_array_equal(w.boxes, g.boxes)
+        np.testing.assert_array_equal(w.probs, g.probs)
+        boxes += w.boxes.tolist()
+        index += [i] * len(w)
+    crops = prepare_crops(frames, np.asarray(boxes), index, 380, scripted=False)
+    assert torch.equal(prepare_crops(frames, np.asarray(boxes), index, 380, scripted=True), crops)
 
 
 def test_pnet_pyramid_graphs_are_per_thread(caplog: pytest.LogCaptureFixture) -> None:

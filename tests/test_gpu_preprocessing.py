@@ -172,6 +172,21 @@ def test_work_in_bounded_steps_gives_the_same_bytes(frame: np.ndarray, monkeypat
     torch.testing.assert_close(prepare_crops([torch.from_numpy(frame)], boxes, [0] * len(boxes), 80), whole, rtol=0, atol=0)
 
 
+def test_scripted_resampling_gives_the_same_bytes(frame: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TorchScript resampling (what CUDA frames take: one GIL release a batch) equals the eager one, in bounded steps too."""
+    from detector.scripting import is_compiled
+
+    assert is_compiled(gpu_preprocessing.scripted_resample()), "TorchScript fell back to eager"
+    rng = np.random.default_rng(5)
+    frames = [torch.from_numpy(frame), torch.from_numpy(frame[:500, 100:900].copy())]
+    boxes = np.asarray(random_boxes(rng, 6, frame.shape, 500) + random_boxes(rng, 4, frames[1].shape, 40) + [corner_box(192, 96, frame.shape)])  # the last: 2x2 resizeAreaFast
+    index = [0] * 6 + [1] * 4 + [0]
+    for chunk in (1 << 21, 96 * 96 * 2 + 1):  # the default step, and two crops a step
+        monkeypatch.setattr(gpu_preprocessing, "_CHUNK", chunk)
+        eager = prepare_crops(frames, boxes, index, 96, scripted=False)
+        torch.testing.assert_close(prepare_crops(frames, boxes, index, 96, scripted=True), eager, rtol=0, atol=0)
+
+
 def test_no_boxes_gives_an_empty_batch(frame: np.ndarray) -> None:
     empty = crops_to_batch([torch.from_numpy(frame)], np.zeros((0, 4), dtype=np.int64), [], 380)
     assert empty.shape == (0, 3, 380, 380)
