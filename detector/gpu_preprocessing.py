@@ -460,10 +460,20 @@ def _keys(distance: np.ndarray, a: float = -0.75) -> np.ndarray:
 
 
 def _stack_taps(taps: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pad every crop's taps to the batch's widest with zero weights (adding +0 leaves a float sum unchanged)."""
+    """Pad every crop's taps to the batch's widest with zero weights (adding +0 leaves a float sum unchanged).
+
+    Padded taps repeat the last index (any in-range index would do). Filled in place: ``np.pad`` per crop
+    cost ~0.2 ms each, held the GIL in the detection thread, and was most of the planning's time.
+    """
     width = max(index.shape[1] for index, _ in taps)
-    indices = np.stack([np.pad(index, ((0, 0), (0, width - index.shape[1])), mode="edge") for index, _ in taps])
-    weights = np.stack([np.pad(weight, ((0, 0), (0, width - weight.shape[1]))) for _, weight in taps])
+    rows = taps[0][0].shape[0]
+    indices = np.empty((len(taps), rows, width), dtype=np.int64)
+    weights = np.zeros((len(taps), rows, width), dtype=np.float32)
+    for k, (index, weight) in enumerate(taps):
+        used = index.shape[1]
+        indices[k, :, :used] = index
+        indices[k, :, used:] = index[:, used - 1 : used]
+        weights[k, :, :used] = weight
     return indices, weights
 
 

@@ -116,3 +116,18 @@ def test_ensemble_averages_per_model_strategy(make_checkpoint) -> None:
     assert scores[0] == pytest.approx([low] * 4, abs=1e-6) and scores[1] == pytest.approx([high] * 4, abs=1e-6)
     assert Ensemble.aggregate(scores) == pytest.approx((low + high) / 2, abs=1e-6)
     assert ensemble.dtype == torch.float32  # fp32 on CPU
+
+
+def test_graph_chunk_plan_pads_little_and_replays_few() -> None:
+    """Crops go to the captured batch sizes whose replays cost least: 33 crops as 32 + 1, not padded to 64."""
+    from detector.cuda_graphs import DEFAULT_SIZES, chunk_plan
+
+    assert chunk_plan(DEFAULT_SIZES, 33) == (32, 1)
+    assert chunk_plan(DEFAULT_SIZES, 45) == (32, 16)
+    assert chunk_plan(DEFAULT_SIZES, 64) == (64,)
+    assert chunk_plan(DEFAULT_SIZES, 3) == (4,)  # one replay of 4 beats 2 + 1
+    for n in range(1, 300):
+        plan = chunk_plan(DEFAULT_SIZES, n)
+        assert sum(plan) >= n and sum(plan) - min(plan) < n  # holds them all; no replay holds only padding
+        assert all(size in DEFAULT_SIZES for size in plan) and list(plan) == sorted(plan, reverse=True)
+    assert chunk_plan((8, 64), 9, launch_cost=4) == (8, 8)
