@@ -528,3 +528,42 @@ async def test_rtsp_stall_trips_the_watchdog_and_recovers(rtsp_server: Callable[
         server.resume()
         await wait_state(source, SourceState.STREAMING, 10)
         assert await frames_for(source, 0.5)
+
+
+def test_nvdec_start_turns_let_a_few_streams_start_at_once() -> None:
+    """Streams set up NVDEC sessions a few at a time; a stream told to stop while waiting leaves without a turn."""
+    import threading
+    import time
+
+    from stream.sources.nvdec import StartTurns
+
+    turns = StartTurns(2)
+    started: list[int] = []
+    go = threading.Event()
+
+    def stream(i: int) -> None:
+        go.wait()
+        assert turns.take(threading.Event())
+        time.sleep(0.02)  # the session being made
+        started.append(i)
+        turns.give_back()
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(started) == list(range(8))
+    assert turns.most_at_once == 2
+    held = StartTurns(1)
+    assert held.take(threading.Event())
+    stop = threading.Event()
+    waiter_got: list[bool] = []
+    waiter = threading.Thread(target=lambda: waiter_got.append(held.take(stop)))
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive()  # waiting its turn
+    stop.set()
+    waiter.join(2)
+    assert waiter_got == [False]

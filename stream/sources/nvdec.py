@@ -104,6 +104,41 @@ SESSIONS = SessionBudget()
 _CREATING = threading.BoundedSemaphore(4)  # decoder sessions created at once (staggered start)
 
 
+class StartTurns:
+    """Streams of this process setting up their NVDEC session at once: a few at a time, the others wait their turn.
+
+    FFmpeg makes a stream's session while it decodes the first pictures. Started all at once, they
+    stall together: on a two-H100 host, 112 streams starting in each of two processes, and 150 in one,
+    sat past the 10 s watchdog (70 and 20 stalls in one run each), and every reconnect made a session
+    anew. A stream holds its turn until its first picture comes out (or its connection ends); its
+    watchdog starts once it has the turn.
+    """
+
+    def __init__(self, turns: int = 4) -> None:
+        self._turns = threading.BoundedSemaphore(turns)
+        self._lock = threading.Lock()
+        self._holding = 0
+        self.most_at_once = 0  # for tests and diagnostics
+
+    def take(self, stop: threading.Event) -> bool:
+        """Wait for a turn; False if ``stop`` was set first (then there is nothing to give back)."""
+        while not stop.is_set():
+            if self._turns.acquire(timeout=0.1):
+                with self._lock:
+                    self._holding += 1
+                    self.most_at_once = max(self.most_at_once, self._holding)
+                return True
+        return False
+
+    def give_back(self) -> None:
+        with self._lock:
+            self._holding -= 1
+        self._turns.release()
+
+
+STARTS = StartTurns()
+
+
 @dataclass
 class GpuFrame:
     """A decoded picture still in the decoder's GPU surface (valid until the next ``decode``)."""

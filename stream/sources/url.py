@@ -41,6 +41,7 @@ from stream.sources.base import (
     StreamState,
 )
 from stream.sources.config import NVDEC, StreamConfig
+from stream.sources.nvdec import STARTS
 from stream.sources.rewind import drain
 
 log = logging.getLogger(__name__)
@@ -469,19 +470,27 @@ class VideoSource:
     def _stream_once(self, target: _Target, sampler: FrameSampler, timeline: _Timeline) -> None:
         """Open, decode until end of input (returns) or error (raises), handing sampled frames over."""
         container = self._open(target)
+        starting = False  # holding one of the NVDEC start turns (``STARTS``) until the first picture
         try:
             if not container.streams.video:
                 message = f"{self._safe_url}: no video stream"
                 raise FatalSourceError(message) if target.is_file else SourceError(message)
             video = container.streams.video[0]
             self._frames = self._open_decoder(video)
-            last_frame_at = time.monotonic()
+            if self._decoder_name.startswith("nvdec") and NVDEC.backend == "ffmpeg":  # FFmpeg makes the session at the first pictures
+                if not STARTS.take(self._stop_requested):
+                    return
+                starting = True
+            last_frame_at = time.monotonic()  # after the turn: waiting for it is not a stall
             try:
                 for packet in self._packets(container, target, timeline):
                     if self._stop_requested.is_set():
                         return
                     if packet is None or packet.stream_index == video.index:
                         for frame in self._decode(packet):
+                            if starting:
+                                starting = False
+                                STARTS.give_back()
                             if self._state != StreamState.STREAMING:
                                 with self._lock:  # the streaming status must carry this session's frame size
                                     self._width, self._height = frame.width, frame.height
@@ -504,6 +513,8 @@ class VideoSource:
             if not target.is_file and time.monotonic() - last_frame_at >= 0.95 * self._read_timeout_s:
                 raise _Stalled(self._stall_message())  # FFmpeg reports an interrupted read as EOF
         finally:
+            if starting:
+                STARTS.give_back()
             if self._frames is not None:
                 self._frames.close()
                 self._frames = None
