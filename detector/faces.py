@@ -19,9 +19,10 @@ from PIL import Image
 
 from detector.cuda_graphs import PyramidGraphs
 from detector.devices import resolve_device
-from detector.fast_mtcnn import CascadeFn, PyramidFn, detect_fast, pnet_pyramid, scripted_cascade
+from detector.fast_mtcnn import Cascade, CascadeFn, PyramidFn, detect_fast, pnet_pyramid, scripted_cascade
 from detector.gpu_preprocessing import shrink_for_detection
 from detector.preprocessing import crop_with_margin
+from detector.scripting import wants_script
 
 DEFAULT_THRESHOLDS = (0.7, 0.8, 0.8)
 RescaleRule = Literal["size", "half"]
@@ -97,8 +98,9 @@ class FaceDetector:
             device=self.device,
             keep_all=True,
         )
-        use_script = scripted if scripted is not None else self.device.type == "cuda"
-        self._cascade: CascadeFn | None = scripted_cascade(self.mtcnn) if fast_mtcnn and use_script else None
+        self._cascade: CascadeFn | None = None
+        if fast_mtcnn:  # built once, not per batch: scripted (one GIL release a call), or the same code eagerly
+            self._cascade = scripted_cascade(self.mtcnn) if wants_script(scripted, self.device) else Cascade(self.mtcnn.rnet, self.mtcnn.onet, self.mtcnn.thresholds)
 
     def _target_size(self, frame: np.ndarray | torch.Tensor) -> tuple[tuple[int, int], float]:
         height, width = frame.shape[:2]

@@ -134,6 +134,10 @@ class Pyramid:
     y2: torch.Tensor
     shapes: tuple[tuple[int, int, int], ...]  # (frames, rows, cols) of each scale's output
 
+    def fields(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
+        """The arguments ``candidates`` and ``Cascade`` take (TorchScript cannot take this dataclass)."""
+        return self.probs, self.reg, self.x1, self.x2, self.y1, self.y2, [list(shape) for shape in self.shapes]
+
 
 PyramidFn = Callable[[torch.nn.Module, torch.Tensor, Sequence[float]], Pyramid]
 
@@ -224,8 +228,7 @@ def candidates(
 
 def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: Sequence[float], threshold: float, pyramid: PyramidFn = pnet_pyramid) -> tuple[torch.Tensor, torch.Tensor]:
     """P-Net over the pyramid (``pyramid``: eager, or a replayed CUDA graph), then ``candidates``."""
-    out = pyramid(pnet, imgs, scales)
-    return candidates(out.probs, out.reg, out.x1, out.x2, out.y1, out.y2, [list(shape) for shape in out.shapes], threshold)
+    return candidates(*pyramid(pnet, imgs, scales).fields(), threshold)
 
 
 class Cascade(torch.nn.Module):
@@ -336,7 +339,7 @@ def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor, pyramid: PyramidFn = pne
 
     out = pyramid(mtcnn.pnet, imgs, scales)
     run = cascade if cascade is not None else Cascade(mtcnn.rnet, mtcnn.onet, mtcnn.thresholds)
-    boxes, image_inds = run(imgs, out.probs, out.reg, out.x1, out.x2, out.y1, out.y2, [list(shape) for shape in out.shapes])
+    boxes, image_inds = run(imgs, *out.fields())
     if len(boxes) > 0:  # facenet's final NMS, on the host
         pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         boxes, image_inds = boxes[pick], image_inds[pick]

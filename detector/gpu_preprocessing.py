@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.preprocessing import isotropic_shape, margin_bounds, normalize_batch
-from detector.scripting import compile_or_eager
+from detector.scripting import compile_or_eager, wants_script
 
 Frames = torch.Tensor | Sequence[torch.Tensor]
 """RGB uint8 HWC frames on one device: a (N, H, W, 3) tensor or a sequence of (H, W, 3) tensors (sizes may differ)."""
@@ -151,7 +151,7 @@ def prepare_crops(frames: Frames, boxes: Boxes, frame_index: FrameIndex, input_s
     plan = _plan(frame_list, pixel_base, box_list, index_list, input_size)
     t = _to_device(plan, device)
     none = torch.zeros((0,), dtype=torch.float32, device=device)
-    resample = scripted_resample() if (scripted if scripted is not None else device.type == "cuda") else _resample
+    resample = scripted_resample() if wants_script(scripted, device) else _resample
     return resample(
         pixels,
         t["crop_of_row"],

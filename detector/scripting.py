@@ -41,9 +41,15 @@ def compile_or_eager(code: Callable[..., Any], what: str) -> Callable[..., Any]:
     return run
 
 
+def wants_script(scripted: bool | None, device: torch.device) -> bool:
+    """``scripted`` when given, else True on CUDA: there the decoders' and the event loop's threads compete
+    for the GIL; the CPU (parity) path keeps the eager code."""
+    return scripted if scripted is not None else device.type == "cuda"
+
+
 def is_compiled(fn: Callable[..., Any]) -> bool:
     """Whether ``compile_or_eager`` compiled ``fn`` (tests check that no fallback happened)."""
     return hasattr(fn, "compiled")
 
 
-__all__ = ["compile_or_eager", "is_compiled"]
+__all__ = ["compile_or_eager", "is_compiled", "wants_script"]
