@@ -114,9 +114,12 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def make_ensemble(encoder: str, models: int, device: torch.device, graphs: bool, input_size: int) -> Ensemble:
+def make_ensemble(encoder: str, models: int, device: torch.device, graphs: bool, input_size: int, compiled: bool = False) -> Ensemble:
+    """Random weights (the published ones' compute), built as ``detector/build.py`` builds: compiled, then graphed."""
     torch.manual_seed(0)
     ensemble = Ensemble([DeepFakeClassifier(encoder) for _ in range(models)], device)
+    if compiled:
+        ensemble.enable_compile(input_size)
     if graphs:
         ensemble.enable_cuda_graphs(input_size)
     return ensemble
@@ -367,16 +370,17 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
 
 
 def latency_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
-    """Classifier forward latency at small batches, eager vs CUDA graphs (median of 50 after warm-up)."""
+    """Classifier forward latency by batch size, eager vs CUDA graphs (and compiled + graphs with --compile), median of 50 after warm-up."""
     if device.type != "cuda":
         return []
     rows = []
-    eager = make_ensemble(args.encoder, 1, device, False, 380)
-    graphed = make_ensemble(args.encoder, 1, device, True, 380)
-    for bs in (1, 2, 4, 8, 32):
+    arrangements = [("eager", make_ensemble(args.encoder, 1, device, False, 380)), ("graphs", make_ensemble(args.encoder, 1, device, True, 380))]
+    if args.compile:
+        arrangements.append(("compiled_graphs", make_ensemble(args.encoder, 1, device, True, 380, compiled=True)))
+    for bs in (1, 2, 4, 8, 32, 64):
         x = torch.randn(bs, 3, 380, 380, device=device, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         result: dict[str, object] = {"part": "classifier_latency", "batch": bs}
-        for label, ens in (("eager", eager), ("graphs", graphed)):
+        for label, ens in arrangements:
             for _ in range(5):
                 ens.predict(x)
             times = []
@@ -387,7 +391,7 @@ def latency_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
                 times.append(time.perf_counter() - t0)
             result[f"{label}_ms"] = round(1000 * float(np.median(times)), 2)
         rows.append(result)
-        print(f"  B7 batch {bs:3d}: eager {result['eager_ms']:7.2f} ms  graphs {result['graphs_ms']:7.2f} ms", flush=True)
+        print(f"  B7 batch {bs:3d}: " + "  ".join(f"{label} {result[f'{label}_ms']:7.2f} ms" for label, _ in arrangements), flush=True)
     return rows
 
 
@@ -396,7 +400,14 @@ def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngi
     devices = [torch.device("cuda", i) for i in range(args.gpus)] if device.type == "cuda" else [device]
     engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=2, detect_workers=args.detect_workers)
     # every model and its CUDA graphs first, then the engines' threads (as detector/build.py does)
-    ensembles = [make_ensemble(args.encoder, args.live_models, d, d.type == "cuda" and not args.no_graphs, 380) for d in devices]
+    started = time.perf_counter()
+    ensembles = [make_ensemble(args.encoder, args.live_models, d, d.type == "cuda" and not args.no_graphs, 380, compiled=args.compile) for d in devices]
+    built = {"classifier_build_s": round(time.perf_counter() - started, 1), "compiled": all(e.compiled for e in ensembles)}
+    if args.compile:
+        from torch._dynamo.utils import counters
+
+        built["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
+    print(f"  classifier built: {built}", flush=True)
     engines = []
     for d, ensemble in zip(devices, ensembles, strict=True):
         detector_cfg = DetectorConfig(device=str(d), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380, cuda_graphs=not args.no_graphs)
@@ -481,7 +492,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--decoder", choices=["auto", "nvdec", "thread", "process"], default="auto", help="how live streams are decoded (see StreamConfig.decoder)")
-    parser.add_argument("--detect-workers", type=int, default=2, help="engine detection threads (CUDA)")
+    parser.add_argument("--detect-workers", type=int, default=EngineConfig().detect_workers, help="engine detection threads (CUDA)")
     parser.add_argument("--nvdec-workers", type=int, nargs="+", default=None, help="NVDEC worker processes per GPU (0: decode in this process's threads); several values: a row set for each")
     parser.add_argument("--nvdec-backend", choices=["pynvvideocodec", "ffmpeg"], default=NVDEC.backend, help="what feeds NVDEC (engine.nvdec_backend)")
     parser.add_argument("--keep-going", action="store_true", help="live: measure every N even after one falls behind")
@@ -490,6 +501,7 @@ def main() -> int:
     parser.add_argument("--skip-frames", choices=["none", "nonref", "nonkey"], default="none")
     parser.add_argument("--parts", nargs="+", default=["offline", "live"], choices=["offline", "latency", "live", "sources"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
+    parser.add_argument("--compile", action="store_true", help="compile the classifier (detector.compile_classifier); latency part: adds compiled rows")
     parser.add_argument("--no-graphs", action="store_true", help="live: no CUDA graphs (eager classifier and P-Net pyramid)")
     parser.add_argument("--switch-interval-ms", type=float, default=None, help="the interpreter's GIL switch interval (sys.setswitchinterval); default Python's 5 ms")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
@@ -509,6 +521,7 @@ def main() -> int:
         "clips": args.clip_names,
         "repeat_clips": args.repeat_clips,
         "switch_interval_ms": sys.getswitchinterval() * 1000,
+        "classifier_compiled": args.compile,
     }
     print(json.dumps(meta))
     rows: list[dict[str, object]] = []

@@ -40,6 +40,8 @@ def build_ensemble(cfg: DetectorConfig, choice: ModelChoice | None = None) -> En
         ensemble = Ensemble([DeepFakeClassifier(choice.encoder)], device, label=choice.label)
     else:
         ensemble = Ensemble.from_checkpoints(choice.paths, choice.encoder, device, label=choice.label)
+    if cfg.compile_classifier:
+        ensemble.enable_compile(choice.input_size, cfg.compile_cache_dir)
     if cfg.cuda_graphs:
         ensemble.enable_cuda_graphs(choice.input_size)
     return ensemble

@@ -14,7 +14,7 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -58,7 +58,7 @@ class GraphedModel:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         input_size: int,
         dtype: torch.dtype,
         channels_last: bool,
@@ -68,7 +68,9 @@ class GraphedModel:
     ) -> None:
         self.model = model
         self.sizes = tuple(sorted(sizes))
-        self.device = device or next(model.parameters()).device
+        if device is None and not isinstance(model, nn.Module):
+            raise ValueError("a compiled forward has no parameters to tell its device: pass device")
+        self.device = device or next(model.parameters()).device  # type: ignore[union-attr]
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._inputs: dict[int, torch.Tensor] = {}
         self._outputs: dict[int, torch.Tensor] = {}

@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 Image = np.ndarray | torch.Tensor  # RGB uint8 HWC, on the host or on a CUDA device
 
+DETECTION_STREAM_PRIORITY = -(2**16)
+"""CUDA: the detection threads' streams come first (torch maps this to the device's highest priority).
+A detection batch waits on the GPU several times (the host plans crops from its boxes); at normal
+priority each wait queued behind the classifier's long graph replays. The classifier, one thread with
+room to spare, takes the SMs detection leaves."""
+
 
 class SampleDropped(Exception):
     """The engine fell behind and this stream's oldest pending sample was discarded."""
@@ -237,14 +243,14 @@ class InferenceEngine:
             return batch
 
     # ---- stage 1: detection and classifier input ----------------------------------------
-    def _cuda_stream(self) -> contextlib.AbstractContextManager[Any]:
+    def _cuda_stream(self, priority: int = 0) -> contextlib.AbstractContextManager[Any]:
         if self.device.type != "cuda":
             return contextlib.nullcontext()
-        return torch.cuda.stream(torch.cuda.Stream(self.device))
+        return torch.cuda.stream(torch.cuda.Stream(self.device, priority=priority))
 
     def _detect_loop(self) -> None:
         try:
-            with self._cuda_stream(), torch.inference_mode():
+            with self._cuda_stream(DETECTION_STREAM_PRIORITY), torch.inference_mode():
                 while (batch := self._take_batch()) is not None:
                     live = [item for item in batch if item.future.set_running_or_notify_cancel()]
                     if live:

@@ -252,6 +252,23 @@ def test_dockerfile_entry_command_user_volume_and_healthcheck(analyzer_config: A
     assert any(i.keyword == "COPY" and i.args == "docker/config.yaml /config/config.yaml" for i in runtime)
 
 
+def test_compile_cache_is_a_volume_where_the_analyzer_keeps_it(compose: dict[str, Any], analyzer_config: AppConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """detector.compile_classifier's kernels land in the default compile_cache_dir under the image's HOME:
+    the image declares that path a volume (owned by the app user) and compose mounts a named volume there."""
+    runtime = final_stage(dockerfile_instructions())
+    env = dockerfile_env(runtime)
+    monkeypatch.setenv("HOME", env["HOME"])
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert analyzer_config.detector.compile_classifier
+    cache = str(load_config(DOCKER / "config.yaml").detector.compile_cache_dir)
+    assert cache == "/home/app/.cache/deepfake-stream/compile"
+    volumes = [exec_form(i.args) for i in runtime if i.keyword == "VOLUME"]
+    assert [cache] in volumes
+    runs = " ".join(i.args for i in runtime if i.keyword == "RUN")
+    assert cache in runs and "chown -R app:app /home/app/.cache" in runs  # a fresh named volume copies this owner
+    assert mounts(compose["services"]["analyzer"])[cache] == "compile-cache"
+
+
 def test_hadolint() -> None:
     hadolint = shutil.which("hadolint")
     if hadolint is None:

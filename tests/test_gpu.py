@@ -64,6 +64,29 @@ def test_cuda_graphs_match_eager() -> None:
     assert np.abs(ensemble.predict(torch.cat([x, x])) - np.concatenate([eager, eager], axis=1)).max() < 1e-3  # > largest size: chunks
 
 
+def test_compiled_classifier_in_graphs_matches_eager_and_compiles_only_at_start() -> None:
+    """``detector.compile_classifier``: inductor's B0, then graphs of it. Dynamo may split the batch sizes
+    where a kernel choice depends on them (two graphs here on an H200, and for B7's default sizes on an
+    H100), so compiles happen while the graphs are captured; live batches replay them and never compile."""
+    from torch._dynamo.utils import counters
+
+    torch.compiler.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    ensemble = Ensemble([DeepFakeClassifier(ENCODER)], torch.device("cuda"))
+    x = torch.randn(13, 3, 380, 380, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    eager = ensemble.predict(x)
+    ensemble.enable_compile(380)
+    assert ensemble.compiled
+    ensemble.enable_cuda_graphs(380, sizes=(1, 2, 4, 16))
+    at_start = counters["stats"]["unique_graphs"]
+    assert 1 <= at_start <= 3  # at most one per captured size (1 is left out: it replays the graph of 2)
+    assert np.abs(eager - ensemble.predict(x)).max() < 2e-3
+    assert np.abs(eager[:, :1] - ensemble.predict(x[:1])).max() < 2e-3  # one crop replays the graph of two
+    assert np.abs(np.concatenate([eager, eager], axis=1) - ensemble.predict(torch.cat([x, x]))).max() < 2e-3
+    assert counters["stats"]["unique_graphs"] == at_start
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_cuda_graphs_on_the_second_gpu_after_the_first() -> None:
     """Graphs captured on cuda:0 first, then on cuda:1 (one engine per GPU): both replay what eager gives."""

@@ -151,6 +151,10 @@ def test_configmap_config_loads_with_our_loader_and_fits_the_pod(config: AppConf
     # the weights directory is the weights volume's mount, in the analyzer and in the download job
     weights_mounts = {c["name"]: m["mountPath"] for c in [*pod["initContainers"], analyzer] for m in c["volumeMounts"] if m["name"] == "weights"}
     assert set(weights_mounts.values()) == {str(config.detector.weights_dir)} and set(weights_mounts) == {"weights", "analyzer"}
+    # compiled kernels go to the default compile cache under the image's HOME (/home/app), a volume of the pod
+    assert config.detector.compile_classifier
+    cache_mounts = [m["mountPath"] for m in analyzer["volumeMounts"] if m["name"] == "compile-cache"]
+    assert cache_mounts == ["/home/app/.cache/deepfake-stream/compile"]
 
 
 def materialize_volumes(pod: dict[str, Any], root: Path) -> dict[str, Path]:
@@ -264,8 +268,9 @@ def test_weights_init_container_is_the_compose_weights_job(pod: dict[str, Any], 
     args = cli.build_parser().parse_args(init["command"][1:])
     assert args.func is cli.cmd_weights_download and args.no_progress
     assert [m["mountPath"] for m in init["volumeMounts"]] == [str(args.dir)]
-    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
-    assert claim["metadata"]["name"] == "weights" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    claims = {c["metadata"]["name"]: c for c in statefulset["spec"]["volumeClaimTemplates"]}
+    assert set(claims) == {"weights", "compile-cache"}  # the checkpoints and the compiled kernels, kept across pods
+    assert all(c["spec"]["accessModes"] == ["ReadWriteOnce"] for c in claims.values())
     # the pod runs as the image's user, and fsGroup lets it write the claim
     assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["fsGroup"] == 10001
 
