@@ -1,4 +1,4 @@
-"""Would a compiler speed up the classifier? B7 eager vs CUDA graphs (what ships) vs ``torch.compile`` (inductor).
+"""Would a compiler speed up the classifier? B7 eager vs CUDA graphs of the eager model vs ``torch.compile`` (inductor) alone.
 
 The classifier is most of the GPU's time at 150 streams (README Capacity), so its per-crop cost decides
 how many streams a GPU holds. One batch size, fp16, channels_last, random weights (same compute as the
