@@ -33,12 +33,6 @@ MIN_DYNAMIC_BATCH = 2
 Backend = str | Callable[..., object]
 
 
-def default_compile_cache_dir() -> Path:
-    """``$TORCHINDUCTOR_CACHE_DIR`` or ``~/.cache/deepfake-stream/compile``: inductor's own default is under /tmp, lost at reboot."""
-    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "deepfake-stream" / "compile"
-
-
 def use_compile_cache(cache_dir: Path) -> bool:
     """Point inductor's and triton's on-disk caches at ``cache_dir`` unless the environment already chose;
     False (with a warning) where it cannot be written: the compile still runs, only nothing is kept."""
@@ -105,4 +99,4 @@ def is_compiled(fn: Callable[..., object]) -> bool:
     return hasattr(fn, "compiled")
 
 
-__all__ = ["MIN_DYNAMIC_BATCH", "compile_classifier", "compile_or_keep", "default_compile_cache_dir", "is_compiled", "use_compile_cache"]
+__all__ = ["MIN_DYNAMIC_BATCH", "compile_classifier", "compile_or_keep", "is_compiled", "use_compile_cache"]

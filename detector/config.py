@@ -7,13 +7,21 @@ README's config reference and error messages read from here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from detector.compiled import default_compile_cache_dir
 from detector.weights import DEFAULT_ENCODER, PUBLISHED_CHECKPOINTS, default_cache_dir
+
+
+def default_compile_cache_dir() -> Path:
+    """``$TORCHINDUCTOR_CACHE_DIR`` or ``~/.cache/deepfake-stream/compile``: inductor's own default is under /tmp, lost at reboot.
+    Here, not in ``detector/compiled.py``: reading the config must not import torch (``tests/test_cli_imports.py``)."""
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "deepfake-stream" / "compile"
+
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]

@@ -15,8 +15,8 @@ import torch
 from torch import fx, nn
 
 from detector.classifier import Ensemble
-from detector.compiled import MIN_DYNAMIC_BATCH, compile_classifier, compile_or_keep, default_compile_cache_dir, is_compiled, use_compile_cache
-from detector.config import DetectorConfig
+from detector.compiled import MIN_DYNAMIC_BATCH, compile_classifier, compile_or_keep, is_compiled, use_compile_cache
+from detector.config import DetectorConfig, default_compile_cache_dir
 from detector.cuda_graphs import GraphedModel
 
 
