@@ -9,7 +9,8 @@ graphs afterwards (``detector/cuda_graphs.py``), so a batch is still one launch.
 One compile serves every batch size, and every model of an ensemble (they share the architecture; the
 weights are the graph's inputs): the batch dimension is marked dynamic from 2 up. (Dynamo
 specialises sizes 0 and 1; a single crop is padded to a graph of 2 instead of costing a second compile.)
-Inductor keeps its work on disk (``cache_dir``): a restart with a warm cache spends seconds, not a minute.
+Inductor keeps its work on disk (``cache_dir``): on an H100, building a single compiled and graphed B7 took
+82-97 s with an empty cache and 31-41 s with a warm one.
 CUDA only; the CPU path is the winner's code, bit for bit, and is never compiled.
 """
 

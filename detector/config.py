@@ -72,7 +72,8 @@ class DetectorConfig(StrictModel):
     compile_classifier: bool = Field(
         False,
         description="CUDA: compile the classifier with torch.compile (inductor, needs triton) before capturing its graphs: "
-        "B7 1.35x faster on an H100; the first start compiles for ~1-2 min per model (then cached in compile_cache_dir)",
+        "B7 ~1.3x faster a crop (README Capacity); a first start compiles for ~1.5 min, once for all models of an ensemble, "
+        "later starts ~30-40 s from compile_cache_dir",
     )
     compile_cache_dir: Path = Field(
         default_factory=default_compile_cache_dir,

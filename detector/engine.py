@@ -44,8 +44,7 @@ Image = np.ndarray | torch.Tensor  # RGB uint8 HWC, on the host or on a CUDA dev
 DETECTION_STREAM_PRIORITY = -(2**16)
 """CUDA: the detection threads' streams come first (torch maps this to the device's highest priority).
 A detection batch waits on the GPU several times (the host plans crops from its boxes); at normal
-priority each wait queued behind the classifier's long graph replays. The classifier, one thread with
-room to spare, takes the SMs detection leaves."""
+priority each wait queued behind the classifier's long graph replays, which now take the SMs detection leaves."""
 
 
 class SampleDropped(Exception):
