@@ -3,10 +3,11 @@
 Decoded 1080p frames of the bench clips are submitted round robin over N stream names at R frames/s
 (150 cameras at 2 samples/s = 300/s), as NVDEC would hand them over. What comes back: frames scored
 per second, samples dropped, p50/p99 submit-to-score latency, and detection/classification time per
-batch. Variants tell apart what slows detection under load: a GIL switch interval, a high-priority
-CUDA stream for detection, one detection thread, a pure-Python "GIL hog" thread beside the engine
-(the service's event loop and decoder-pool readers are such threads), and the MTCNN cascade and crop
-resampling run eagerly ("unscripted") instead of as TorchScript calls. An offline row submits 384
+batch. Variants tell apart what slows detection under load: a GIL switch interval, detection's CUDA
+streams at normal priority (the engine gives them the highest), one detection thread, a pure-Python
+"GIL hog" thread beside the engine (the service's event loop and decoder-pool readers are such
+threads), and the MTCNN cascade and crop resampling run eagerly ("unscripted") instead of as
+TorchScript calls. An offline row submits 384
 frames at once. Needs CUDA for meaningful numbers (runs on the CPU with numpy frames, slowly).
 
     python bench/engine_load.py --out out/engine-load.json
@@ -15,7 +16,6 @@ frames at once. Needs CUDA for meaningful numbers (runs on the CPU with numpy fr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import threading
@@ -33,8 +33,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline import DEFAULT_CLIPS, make_ensemble, write_results  # noqa: E402
 
+from detector import engine as engine_module  # noqa: E402
 from detector import gpu_preprocessing  # noqa: E402
 from detector.classifier import Ensemble  # noqa: E402
+from detector.config import EngineConfig  # noqa: E402
 from detector.engine import FrameResult, InferenceEngine  # noqa: E402
 from detector.faces import FaceDetector  # noqa: E402
 from detector.video import read_evenly_spaced_frames  # noqa: E402
@@ -43,7 +45,7 @@ VARIANTS = (
     "offline",
     "paced",
     "switch-0.5ms",
-    "detect-high-priority",
+    "detect-normal-priority",
     "one-detect-thread",
     "gil-hog",
     "switch-0.5ms+gil-hog",
@@ -60,15 +62,6 @@ def _gil_hog(stop: threading.Event) -> None:
             x += i
 
 
-def _high_priority_detection(engine_stream: Any) -> Any:
-    def stream(self: InferenceEngine) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda" and threading.current_thread().name.startswith("inference-detect"):
-            return torch.cuda.stream(torch.cuda.Stream(self.device, priority=-1))
-        return engine_stream(self)
-
-    return stream
-
-
 def run_variant(variant: str, frames: list[Any], detectors: dict[bool, FaceDetector], ensemble: Ensemble, args: argparse.Namespace) -> dict[str, object]:
     scripted = "unscripted" not in variant
     detector = detectors[scripted]
@@ -76,9 +69,9 @@ def run_variant(variant: str, frames: list[Any], detectors: dict[bool, FaceDetec
     if not scripted:
         gpu_preprocessing.scripted_resample = lambda: gpu_preprocessing._resample  # type: ignore[method-assign]  # noqa: SLF001 - the eager resampling
     sys.setswitchinterval(0.0005 if "switch" in variant else 0.005)
-    original_stream = InferenceEngine._cuda_stream  # noqa: SLF001 - the experiment swaps the engine's stream choice
-    if variant == "detect-high-priority":
-        InferenceEngine._cuda_stream = _high_priority_detection(original_stream)  # type: ignore[method-assign]  # noqa: SLF001
+    original_priority = engine_module.DETECTION_STREAM_PRIORITY
+    if variant == "detect-normal-priority":
+        engine_module.DETECTION_STREAM_PRIORITY = 0  # the detection threads read it when they start
     workers = 1 if variant == "one-detect-thread" else args.detect_workers
     engine = InferenceEngine(detector, ensemble, max_batch=args.max_batch, max_wait_ms=20, max_pending_per_stream=2, detect_workers=workers)
     stop = threading.Event()
@@ -101,7 +94,7 @@ def run_variant(variant: str, frames: list[Any], detectors: dict[bool, FaceDetec
     finally:
         stop.set()
         engine.close()
-        InferenceEngine._cuda_stream = original_stream  # type: ignore[method-assign]  # noqa: SLF001
+        engine_module.DETECTION_STREAM_PRIORITY = original_priority
         gpu_preprocessing.scripted_resample = original_resample  # type: ignore[method-assign]
         sys.setswitchinterval(0.005)
 
@@ -156,7 +149,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--detect-workers", type=int, default=2)
+    parser.add_argument("--detect-workers", type=int, default=EngineConfig().detect_workers, help="engine detection threads (the shipped default)")
     parser.add_argument("--no-graphs", action="store_true", help="no CUDA graphs (eager classifier and P-Net pyramid)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "engine-load.json")
