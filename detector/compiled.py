@@ -26,6 +26,8 @@ import torch
 import torch._dynamo as dynamo  # mark_dynamic and the recompile limit: torch.compile's documented knobs live here
 from torch import nn
 
+from detector.scripting import is_compiled  # one marker for both wrappers: ``fn.compiled``
+
 log = logging.getLogger(__name__)
 
 MIN_DYNAMIC_BATCH = 2
@@ -93,11 +95,6 @@ def _reason(exc: BaseException) -> str:
     inner = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
     first = (str(inner).strip().splitlines() or [""])[0]
     return f"{type(inner).__name__}: {first}" if first else type(inner).__name__
-
-
-def is_compiled(fn: Callable[..., object]) -> bool:
-    """Whether ``compile_or_keep`` compiled ``fn`` (tests check that no fallback happened)."""
-    return hasattr(fn, "compiled")
 
 
 __all__ = ["MIN_DYNAMIC_BATCH", "compile_classifier", "compile_or_keep", "is_compiled", "use_compile_cache"]

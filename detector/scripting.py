@@ -48,7 +48,8 @@ def wants_script(scripted: bool | None, device: torch.device) -> bool:
 
 
 def is_compiled(fn: Callable[..., Any]) -> bool:
-    """Whether ``compile_or_eager`` compiled ``fn`` (tests check that no fallback happened)."""
+    """Whether ``compile_or_eager`` (TorchScript) or ``detector.compiled.compile_or_keep`` (``torch.compile``)
+    compiled ``fn``: both mark what they compiled with a ``compiled`` attribute (tests check that no fallback happened)."""
     return hasattr(fn, "compiled")
 
 
