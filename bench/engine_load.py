@@ -151,6 +151,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--detect-workers", type=int, default=EngineConfig().detect_workers, help="engine detection threads (the shipped default)")
     parser.add_argument("--no-graphs", action="store_true", help="no CUDA graphs (eager classifier and P-Net pyramid)")
+    parser.add_argument("--compile", action="store_true", help="compile the classifier first (detector.compile_classifier, as config.yaml ships)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "engine-load.json")
     args = parser.parse_args()
@@ -160,7 +161,7 @@ def main() -> int:
     for name in args.clip_names:
         decoded = read_evenly_spaced_frames(args.clips / name, args.frames_per_clip).frames
         frames += [torch.from_numpy(f).to(device) for f in decoded] if device.type == "cuda" else decoded
-    ensemble = make_ensemble(args.encoder, 1, device, graphs, 380)
+    ensemble = make_ensemble(args.encoder, 1, device, graphs, 380, compiled=args.compile and device.type == "cuda")
     detectors = {script: FaceDetector(device, rescale="size", gpu_resize=True, fast_mtcnn=True, pnet_graphs=graphs, scripted=script) for script in (True, False)}
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -168,6 +169,7 @@ def main() -> int:
         "torch": torch.__version__,
         "encoder": args.encoder,
         "cuda_graphs": graphs,
+        "compiled": ensemble.compiled,
         "clips": args.clip_names,
         "frames": len(frames),
     }
