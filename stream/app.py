@@ -26,6 +26,7 @@ from detector.build import build_engine
 from detector.engine_pool import Engine, EnginePool
 from detector.errors import CheckpointError
 from stream.config import AppConfig
+from stream.mps import MpsDaemon, MpsError, start_mps
 from stream.outputs.discovery import Discovery, start_discovery
 from stream.outputs.mqtt import MqttPublisher
 from stream.outputs.publisher import NullPublisher, Publisher
@@ -59,11 +60,20 @@ class App:
         self.discovery: Discovery | None = None
         self.recorder = Recorder()  # what the dashboard shows beyond the live state (bounded)
         self.http: HttpServer | None = None
+        self.mps: MpsDaemon | None = None
 
     async def start(self) -> StreamService:
         cfg = self.cfg
         shard = self.shard = self.shard or cfg.shard_plan()  # before the model: a bad shard setting fails at once
-        self.engine = self._given_engine or await asyncio.to_thread(self._load_engine)
+        if self._given_engine is None:  # before anything here touches CUDA: the engine and the decoder workers are its clients
+            self.mps = await asyncio.to_thread(start_mps, cfg.engine.mps, cfg.wants_cuda())
+        try:
+            self.engine = self._given_engine or await asyncio.to_thread(self._load_engine)
+        except BaseException:
+            if self.mps is not None:  # a daemon left running would outlive this process
+                await asyncio.to_thread(self.mps.stop)
+                self.mps = None
+            raise
         log.info("%s", shard.describe(), extra={"event": "shard"})  # after the model: a bad checkpoint stays the only line
         log.debug("streams of this shard: %s", ", ".join(shard.kept) or "none")
         self.publisher = self._given_publisher or self._start_publisher(shard.instance)
@@ -129,6 +139,8 @@ class App:
         await asyncio.to_thread(close_pools)  # NVDEC worker processes, after their streams
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
+        if self.mps is not None:  # last: every CUDA client of it is gone
+            await asyncio.to_thread(self.mps.stop)
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -150,7 +162,11 @@ def stop_on_signals(app: App) -> None:
 async def serve(cfg: AppConfig, duration_s: float | None = None, shard: ShardPlan | None = None) -> None:
     app = App(cfg, shard=shard)
     stop_on_signals(app)
-    service = await app.start()
+    try:
+        service = await app.start()
+    except BaseException:
+        await app.stop()  # what did start (an MPS daemon, the engine, MQTT) is released, not left behind
+        raise
     log.info("service running: %d stream(s)", len(service.streams))
     try:
         await app.wait(duration_s)
@@ -163,7 +179,7 @@ def run_service(cfg: AppConfig, duration_s: float | None = None, shard: ShardPla
     """Entry point of ``deepfake-stream run``; bad weights are one clear line, exit 2."""
     try:
         asyncio.run(serve(cfg, duration_s, shard))
-    except CheckpointError as exc:
+    except (CheckpointError, MpsError) as exc:
         log.error("%s", exc)
         return 2
     return 0

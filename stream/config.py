@@ -61,6 +61,12 @@ class AppConfig(StrictModel):
         default_factory=ShardingConfig, description="which part of `streams` this replica watches when several share the list (default: all of it)"
     )
 
+    def wants_cuda(self) -> bool:
+        """Whether the engine may run on a GPU as configured: read from the config alone, since nothing may touch CUDA
+        before ``engine.mps`` is settled (``stream/mps.py``)."""
+        devices = [self.detector.device] if self.engine.devices == "all" else self.engine.devices
+        return any(device != "cpu" for device in devices)
+
     def shard_plan(self, environ: Mapping[str, str] | None = None) -> ShardPlan:
         """This replica's share of the enabled streams (``sharding``, else the environment); ShardingError when it cannot work."""
         return self.sharding.plan([s.name for s in self.streams if s.enabled], environ)

@@ -185,3 +185,32 @@ def test_pnet_pyramid_graphs_are_per_thread(caplog: pytest.LogCaptureFixture) ->
         thread.join()
     assert wrong == []
     assert "capture" not in caplog.text  # both captured (a refused capture would have stayed eager, with a warning)
+
+
+def test_private_mps_daemon_serves_a_cuda_process_and_goes_with_stop() -> None:
+    """engine.mps on a GPU machine: the daemon starts, a torch process computes through its server, stop ends it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from stream.mps import PIPE_ENV, start_mps
+
+    if shutil.which("nvidia-cuda-mps-control") is None:
+        pytest.skip("nvidia-cuda-mps-control is not on this GPU machine's PATH")
+    if os.environ.get(PIPE_ENV):
+        pytest.skip(f"{PIPE_ENV} is set: an operator's daemon serves this machine")
+    daemon = start_mps("on", cuda_wanted=True)
+    assert daemon is not None and daemon.directory is not None
+    try:
+        code = "import torch; x = torch.ones(1 << 20, device='cuda'); assert float(x.sum()) == float(1 << 20)"
+        client = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True, timeout=180, check=False)
+        assert client.returncode == 0, client.stderr[-2000:]
+        servers = subprocess.run(["nvidia-cuda-mps-control"], input="get_server_list\n", env=dict(os.environ), capture_output=True, text=True, timeout=30, check=False)
+        assert servers.stdout.split(), "no MPS server served the CUDA process"
+    finally:
+        daemon.stop()
+    assert PIPE_ENV not in os.environ
+    assert daemon.quitting is not None
+    assert daemon.quitting.wait(60) == 0  # its one client has exited (this process's context predates the daemon)
+    assert not daemon.directory.exists()
