@@ -47,6 +47,7 @@ from detector.faces import FaceDetector  # noqa: E402
 from detector.pipeline import faces_to_scores  # noqa: E402
 from detector.video import read_evenly_spaced_frames  # noqa: E402
 from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
+from stream.mps import MpsDaemon, start_mps  # noqa: E402
 from stream.outputs.publisher import NullPublisher  # noqa: E402
 from stream.pipeline import StreamPipeline  # noqa: E402
 from stream.sources.base import FrameSource  # noqa: E402
@@ -395,11 +396,9 @@ def latency_part(args: argparse.Namespace, device: torch.device) -> list[dict[st
     return rows
 
 
-def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngine | EnginePool:
-    """The shipped builder with random weights (no checkpoint), one engine per GPU asked for."""
+def live_ensembles(args: argparse.Namespace, device: torch.device) -> list[Ensemble]:
+    """Random weights (no checkpoint), one classifier per GPU asked for, built once for every engine setting."""
     devices = [torch.device("cuda", i) for i in range(args.gpus)] if device.type == "cuda" else [device]
-    engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=2, detect_workers=args.detect_workers)
-    # every model and its CUDA graphs first, then the engines' threads (as detector/build.py does)
     started = time.perf_counter()
     ensembles = [make_ensemble(args.encoder, args.live_models, d, d.type == "cuda" and not args.no_graphs, 380, compiled=args.compile) for d in devices]
     built = {"classifier_build_s": round(time.perf_counter() - started, 1), "compiled": all(e.compiled for e in ensembles)}
@@ -408,11 +407,30 @@ def live_engine(args: argparse.Namespace, device: torch.device) -> InferenceEngi
 
         built["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
     print(f"  classifier built: {built}", flush=True)
+    return ensembles
+
+
+def live_engine(args: argparse.Namespace, ensembles: list[Ensemble]) -> InferenceEngine | EnginePool:
+    """The shipped builder around ``ensembles`` (every model and its CUDA graphs first, then the engines' threads, as
+    ``detector/build.py`` does), one engine per GPU."""
+    engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending_per_stream=2, detect_workers=args.detect_workers)
     engines = []
-    for d, ensemble in zip(devices, ensembles, strict=True):
+    for ensemble in ensembles:
+        d = ensemble.device
         detector_cfg = DetectorConfig(device=str(d), rescale="size", gpu_resize=True, fast_mtcnn=True, input_size=380, cuda_graphs=not args.no_graphs)
         engines.append(build_engine(detector_cfg, engine_cfg, ensemble=ensemble))
     return engines[0] if len(engines) == 1 else EnginePool(engines)
+
+
+def engine_settings(args: argparse.Namespace) -> list[tuple[int, int, float]]:
+    """(detection threads, max batch, max wait ms) for each row set: ``--engine-variants`` or the single flags."""
+    if not args.engine_variants:
+        return [(args.detect_workers, args.max_batch, args.max_wait_ms)]
+    settings = []
+    for text in args.engine_variants:
+        workers, batch, wait = text.split("/")
+        settings.append((int(workers), int(batch), float(wait)))
+    return settings
 
 
 class DecodeOnlyEngine:
@@ -444,35 +462,46 @@ class DecodeOnlyEngine:
 
 
 def live_part(args: argparse.Namespace, device: torch.device, decode_only: bool = False) -> list[dict[str, object]]:
-    """Rows for every (decoder workers, N): the pools are closed between worker counts."""
-    engine = DecodeOnlyEngine(device) if decode_only else live_engine(args, device)
+    """Rows for every (engine setting, decoder workers, N): the pools are closed between worker counts."""
+    ensembles = [] if decode_only else live_ensembles(args, device)
     rows = []
-    try:
-        for workers in args.nvdec_workers or [None]:
-            NVDEC.workers_per_gpu = workers
-            for n in args.streams:
-                row = asyncio.run(live_once(n, args, engine))  # type: ignore[arg-type]
-                behind = row["samples_per_s"] < 0.9 * row["expected_samples_per_s"] or (row["engine_dropped"] + row["source_dropped"]) > 0.02 * row["expected_samples_per_s"] * args.duration
-                row["falls_behind"] = bool(behind)
-                if decode_only:
-                    row["part"] = "sources"
-                rows.append(row)
-                if args.partial_out is not None:  # a run cut short still leaves its rows
-                    args.partial_out.write_text(json.dumps(rows, indent=1))
-                print(
-                    f"  {row['part']:7s} {args.decoder:7s} {args.skip_frames:6s} workers={workers} N={n:4d} samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} "
-                    f"faces/s {row['faces_per_s']:7.1f} drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
-                    f"batch {row['mean_batch_frames']} detect {row['detect_busy']} classify {row['classify_busy']} "
-                    f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% nvdec {row['nvdec_util_pct']}% cpu {row['cpu_cores_busy']} cores "
-                    f"(analyzer {row['analyzer_cores_busy']}) mem {row['gpu_mem_peak_gib']} GiB {row['decoders_used']}{'  BEHIND' if behind else ''}",
-                    flush=True,
-                )
-                if behind and not args.keep_going:
-                    break
+    for workers_, batch, wait in engine_settings(args):
+        args.detect_workers, args.max_batch, args.max_wait_ms = workers_, batch, wait
+        engine = DecodeOnlyEngine(device) if decode_only else live_engine(args, ensembles)
+        try:
+            rows += _live_rows(args, engine, decode_only)
+        finally:
             close_pools()
-    finally:
+            engine.close()
+    return rows
+
+
+def _live_rows(args: argparse.Namespace, engine: InferenceEngine | EnginePool | DecodeOnlyEngine, decode_only: bool) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for workers in args.nvdec_workers or [None]:
+        NVDEC.workers_per_gpu = workers
+        for n in args.streams:
+            row = asyncio.run(live_once(n, args, engine))  # type: ignore[arg-type]
+            behind = row["samples_per_s"] < 0.9 * row["expected_samples_per_s"] or (row["engine_dropped"] + row["source_dropped"]) > 0.02 * row["expected_samples_per_s"] * args.duration
+            row["falls_behind"] = bool(behind)
+            row.update(detect_workers=args.detect_workers, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+            if decode_only:
+                row["part"] = "sources"
+            rows.append(row)
+            if args.partial_out is not None:  # a run cut short still leaves its rows
+                args.partial_out.write_text(json.dumps(rows, indent=1))
+            print(
+                f"  {row['part']:7s} {args.decoder:7s} {args.skip_frames:6s} workers={workers} dw={args.detect_workers} mb={args.max_batch} mw={args.max_wait_ms:g} N={n:4d} "
+                f"samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} "
+                f"faces/s {row['faces_per_s']:7.1f} drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
+                f"batch {row['mean_batch_frames']} detect {row['detect_busy']} classify {row['classify_busy']} "
+                f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% nvdec {row['nvdec_util_pct']}% cpu {row['cpu_cores_busy']} cores "
+                f"(analyzer {row['analyzer_cores_busy']}) mem {row['gpu_mem_peak_gib']} GiB {row['decoders_used']}{'  BEHIND' if behind else ''}",
+                flush=True,
+            )
+            if behind and not args.keep_going:
+                break
         close_pools()
-        engine.close()
     return rows
 
 
@@ -491,6 +520,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
+    parser.add_argument("--engine-variants", nargs="+", default=None, metavar="DW/MB/MW", help="live: a row set per engine setting (detection threads/max batch/max wait ms), one model build")
     parser.add_argument("--decoder", choices=["auto", "nvdec", "thread", "process"], default="auto", help="how live streams are decoded (see StreamConfig.decoder)")
     parser.add_argument("--detect-workers", type=int, default=EngineConfig().detect_workers, help="engine detection threads (CUDA)")
     parser.add_argument("--nvdec-workers", type=int, nargs="+", default=None, help="NVDEC worker processes per GPU (0: decode in this process's threads); several values: a row set for each")
@@ -505,10 +535,21 @@ def main() -> int:
     parser.add_argument("--no-graphs", action="store_true", help="live: no CUDA graphs (eager classifier and P-Net pyramid)")
     parser.add_argument("--switch-interval-ms", type=float, default=None, help="the interpreter's GIL switch interval (sys.setswitchinterval); default Python's 5 ms")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
+    parser.add_argument("--mps", choices=["auto", "on", "off"], default=EngineConfig().mps, help="engine.mps: this process and its decoder workers under a private CUDA MPS daemon")
     args = parser.parse_args()
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
     NVDEC.backend = args.nvdec_backend
+    mps = start_mps(args.mps, cuda_wanted=True)  # before this process first touches CUDA (as stream/app.py does)
+    try:
+        return run(args, mps)
+    finally:
+        if mps is not None:
+            close_pools()  # its clients first
+            mps.stop()
+
+
+def run(args: argparse.Namespace, mps: MpsDaemon | None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -522,6 +563,7 @@ def main() -> int:
         "repeat_clips": args.repeat_clips,
         "switch_interval_ms": sys.getswitchinterval() * 1000,
         "classifier_compiled": args.compile,
+        "mps": mps is not None,
     }
     print(json.dumps(meta))
     rows: list[dict[str, object]] = []
