@@ -125,10 +125,13 @@ def start_mps(mode: MpsMode, cuda_wanted: bool, probe: Sequence[str] | None = No
 
 
 def _start_private(control: str, probe: Sequence[str], timeout_s: float) -> MpsDaemon:
-    directory = Path(tempfile.mkdtemp(prefix="deepfake-stream-mps-"))
+    try:
+        directory = Path(tempfile.mkdtemp(prefix="deepfake-stream-mps-"))
+        (directory / "pipe").mkdir()
+        (directory / "log").mkdir()
+    except OSError as exc:
+        raise MpsError(f"no directory for the MPS daemon's pipes ({exc})") from exc
     env = {**os.environ, PIPE_ENV: str(directory / "pipe"), LOG_ENV: str(directory / "log")}
-    (directory / "pipe").mkdir()
-    (directory / "log").mkdir()
     daemon = MpsDaemon(directory, control, env)
     try:
         started = subprocess.run([control, "-d"], env=env, timeout=timeout_s, capture_output=True, text=True, check=False)

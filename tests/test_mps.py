@@ -130,6 +130,16 @@ def test_a_daemon_that_does_not_start_is_reported(fake_control: Path, monkeypatc
     assert PIPE_ENV not in os.environ
 
 
+def test_no_room_for_the_daemons_pipes_is_a_reason_not_a_crash(fake_control: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "gone"))  # a temporary directory that is not there
+    with caplog.at_level(logging.WARNING, logger="stream.mps"):
+        assert start_mps("auto", cuda_wanted=True, probe=PROBE_NEEDS_PIPE) is None
+    assert "no directory for the MPS daemon's pipes" in caplog.text
+    assert _calls(fake_control) == []
+    with pytest.raises(MpsError, match="no directory"):
+        start_mps("on", cuda_wanted=True, probe=PROBE_NEEDS_PIPE)
+
+
 def test_started_daemon_is_in_the_environment_until_stopped(fake_control: Path) -> None:
     daemon = start_mps("auto", cuda_wanted=True, probe=PROBE_NEEDS_PIPE)
     assert daemon is not None and daemon.directory is not None
