@@ -91,7 +91,7 @@ class App:
             on_stream_added=self.discovery.announce if self.discovery is not None else None,
             recorder=self.recorder,
         )
-        self.metrics = ServiceMetrics(self.service, self.engine, self.publisher, shard)
+        self.metrics = ServiceMetrics(self.service, self.engine, self.publisher, shard, mps=self.mps is not None)
         self.engine.on_batch = self.metrics.chain_on_batch(self.engine.on_batch)
         if cfg.http.enabled:
             self.http = HttpServer(cfg.http, self._web_app(self.service, self.publisher, self.metrics))

@@ -180,3 +180,17 @@ def test_config_default_and_values() -> None:
 def test_wants_cuda_reads_the_config_alone(detector_device: str, engine_devices: object, wanted: bool) -> None:
     cfg = AppConfig.model_validate({"detector": {"device": detector_device}, "engine": {"devices": engine_devices}})
     assert cfg.wants_cuda() is wanted
+
+
+def test_metrics_say_whether_mps_took_effect() -> None:
+    from types import SimpleNamespace
+
+    from stream.outputs.publisher import NullPublisher
+    from stream.web.metrics import ServiceMetrics
+
+    registry = SimpleNamespace(started_at=0.0, handles=list)
+    stats = SimpleNamespace(dropped={}, batches=0, frames=0, faces=0, failed_batches=0, busy_s=0.0)
+    engine = SimpleNamespace(stats=stats, queue_depth=lambda: 0, ensemble=SimpleNamespace(device=SimpleNamespace(type="cpu")))
+    for mps, value in ((True, b"deepfake_gpu_mps 1.0"), (False, b"deepfake_gpu_mps 0.0")):
+        body, _ = ServiceMetrics(registry, engine, NullPublisher(), mps=mps).render()  # type: ignore[arg-type]
+        assert value in body.splitlines()

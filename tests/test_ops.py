@@ -135,6 +135,7 @@ async def test_health_and_metrics_while_streaming_and_after_broker_stops(mqtt_br
             assert metric(samples, "deepfake_engine_batch_frames_sum") == metric(samples, "deepfake_engine_frames_total")
             assert metric(samples, "deepfake_engine_queue_depth") >= 0
             assert metric(samples, "deepfake_gpu_memory_allocated_bytes") == 0  # CPU
+            assert metric(samples, "deepfake_gpu_mps") == 0  # a CPU engine starts no MPS daemon
             assert metric(samples, "deepfake_mqtt_connected") == 1 and metric(samples, "deepfake_mqtt_enabled") == 1
             assert metric(samples, "deepfake_mqtt_pending_alerts") == 0 and metric(samples, "deepfake_mqtt_alerts_dropped_total") == 0
             assert metric(samples, "deepfake_mqtt_alerts_delivered_total") >= 1

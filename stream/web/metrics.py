@@ -41,11 +41,12 @@ BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 class ServiceMetrics:
     """The registry behind one service's ``/metrics``."""
 
-    def __init__(self, registry: StreamRegistry, engine: Engine, publisher: Publisher, shard: ShardPlan | None = None) -> None:
+    def __init__(self, registry: StreamRegistry, engine: Engine, publisher: Publisher, shard: ShardPlan | None = None, mps: bool = False) -> None:
         self.streams = registry
         self.engine = engine
         self.publisher = publisher
         self.shard = shard
+        self.mps = mps  # engine.mps took effect: the engine and the decoder workers share the GPU through MPS
         self.registry = CollectorRegistry(auto_describe=False)
         self.batch_frames = Histogram("deepfake_engine_batch_frames", "Frames per inference batch (cross-stream batching)", buckets=BATCH_BUCKETS, registry=None)
         self.batch_seconds = Histogram("deepfake_engine_batch_seconds", "Wall time of one inference batch (MTCNN + classifier)", buckets=BATCH_SECONDS_BUCKETS, registry=None)
@@ -121,6 +122,7 @@ class _LiveCollector(Collector):
         yield from _stream_metrics(metrics.streams.handles(), dict(metrics.engine.stats.dropped))
         yield from metrics.latency.collect()
         yield from _engine_metrics(metrics.engine)
+        yield GaugeMetricFamily("deepfake_gpu_mps", "1 when the engine and the decoder workers share the GPU through CUDA MPS (engine.mps)", value=float(metrics.mps))
         yield from metrics.batch_frames.collect()
         yield from metrics.batch_seconds.collect()
         yield from _mqtt_metrics(metrics.publisher)
