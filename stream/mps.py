@@ -4,8 +4,9 @@ Each decoder worker process (``stream/sources/workers.py``) holds its own CUDA c
 MPS the GPU time-slices between contexts: the workers' small copies and colour conversions
 (thousands a second at 150 streams) each cost a context switch that stalls the engine's kernels.
 Under MPS every process is a client of one server context and their kernels run concurrently.
-Measured on one H100 (``bench/results/h100-mps.json``, run 41): 150 paced 1080p streams, p99
-sample-to-score 1082 -> 844 ms and GPU busy 97 -> 82 %; one stream p50 29.7 -> 22.5 ms.
+Measured on one H100 (``bench/results/h100-mps.json``, run 41, one machine): 150 paced 1080p
+streams, p99 sample-to-score 1082 -> 844 ms and GPU busy 97 -> 82 %. One stream in a fresh process:
+p50 25.4 and 26.2 ms under MPS (runs 42, 45), 29.7 ms without (run 41): other machines.
 
 ``engine.mps``: ``auto`` starts a private MPS control daemon (its pipe and log directories in a
 fresh temporary directory, so it serves this analyzer alone) when ``nvidia-cuda-mps-control`` is
