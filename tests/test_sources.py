@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from stream.config import StreamConfig
-from stream.sources.base import FrameSource, SampledFrame, SourceState
+from stream.sources.base import FrameSource, SampledFrame, SourceState, SourceStats
 from stream.sources.config import Decoder
 from stream.sources.factory import open_source
 from stream.sources.url import VideoSource, ffmpeg_options, redact_url
@@ -76,6 +76,16 @@ async def read_all(source: VideoSource, timeout: float = 10.0) -> list[SampledFr
     while (frame := await asyncio.wait_for(source.next_frame(), timeout)) is not None:
         frames.append(frame)
     return frames
+
+
+def assert_samples_in_order(frames: list[SampledFrame], stats: SourceStats, period_s: float) -> None:
+    """Samples in order, ``period_s`` of video apart. A sample the consumer was too slow to take (a busy CI
+    machine) is overwritten by the next one: a gap in the indices, allowed only where the source counted it dropped."""
+    indices = [f.index for f in frames]
+    assert indices == sorted(set(indices)), indices
+    gaps = indices[-1] - indices[0] + 1 - len(indices)
+    assert gaps <= stats.frames_dropped, f"{gaps} samples missing, {stats.frames_dropped} counted dropped: {indices}"
+    assert np.allclose(np.diff([f.pts_s for f in frames]), period_s * np.diff(indices), atol=0.01)
 
 
 async def frames_for(source: FrameSource, seconds: float) -> list[SampledFrame]:
@@ -452,8 +462,7 @@ async def test_rtsp_stream_end_to_end(rtsp_server: Callable[..., RtspServer]) ->
     assert states.events[:2] == [(SourceState.CONNECTING, None), (SourceState.STREAMING, None)]
     assert states.states[-1] == SourceState.STOPPED
     assert len(frames) >= 18  # ~5 per second (the server loops the 2 s clip forever)
-    assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + len(frames)))
-    assert np.allclose(np.diff([f.pts_s for f in frames]), 0.2, atol=0.01)
+    assert_samples_in_order(frames, stats, 0.2)  # 5 samples per second of video
     assert all(f.image.shape == (360, 640, 3) for f in frames)
     assert frames[-1].pts_s > 4.0  # past the clip's end: the loop is seamless
     assert 18 <= stats.fps_in <= 35  # the clip's 25 fps, measured
@@ -479,8 +488,7 @@ async def test_rtsp_h265_stream_with_either_cpu_decoder(decoder: Decoder, rtsp_s
     assert states.states[-1] == SourceState.STOPPED
     assert (stats.width, stats.height, stats.reconnects, stats.last_error) == (640, 360, 0, None)  # 360 is not a multiple of x265's 16 px CUs: cropped
     assert len(frames) >= 12
-    assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + len(frames)))
-    assert np.allclose(np.diff([f.pts_s for f in frames]), 0.2, atol=0.01)  # 5 samples per second of video
+    assert_samples_in_order(frames, stats, 0.2)  # 5 samples per second of video
     assert 4.5 <= stats.frames_decoded / stats.frames_sampled <= 5.0  # 1 in 5 of the 25 fps decoded
     assert frames[-1].pts_s > 2.2  # into the clip's second pass: the server's loop with B-frames is seamless
     for frame in frames:
