@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -118,6 +119,18 @@ def _first_offsets(counts: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(starts, device=device)
 
 
+class PyramidCells(NamedTuple):
+    """A ``Pyramid``'s tensors as ``candidates`` and ``Cascade`` take them (TorchScript cannot take the dataclass)."""
+
+    probs: torch.Tensor
+    reg: torch.Tensor
+    x1: torch.Tensor
+    x2: torch.Tensor
+    y1: torch.Tensor
+    y2: torch.Tensor
+    shapes: list[list[int]]
+
+
 @dataclass(frozen=True)
 class Pyramid:
     """P-Net's output over the whole image pyramid, flattened: the input of the thresholding and NMS.
@@ -134,9 +147,9 @@ class Pyramid:
     y2: torch.Tensor
     shapes: tuple[tuple[int, int, int], ...]  # (frames, rows, cols) of each scale's output
 
-    def fields(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
-        """The arguments ``candidates`` and ``Cascade`` take (TorchScript cannot take this dataclass)."""
-        return self.probs, self.reg, self.x1, self.x2, self.y1, self.y2, [list(shape) for shape in self.shapes]
+    def cells(self) -> PyramidCells:
+        """What ``candidates`` and ``Cascade`` take."""
+        return PyramidCells(self.probs, self.reg, self.x1, self.x2, self.y1, self.y2, [list(shape) for shape in self.shapes])
 
 
 PyramidFn = Callable[[torch.nn.Module, torch.Tensor, Sequence[float]], Pyramid]
@@ -176,17 +189,8 @@ def nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tenso
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def candidates(
-    probs: torch.Tensor,
-    reg: torch.Tensor,
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    y1: torch.Tensor,
-    y2: torch.Tensor,
-    shapes: list[list[int]],
-    threshold: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """P-Net's pyramid (a ``Pyramid``'s fields) thresholded and NMS'd per (frame, scale): boxes (K, 9) and frame indices.
+def candidates(cells: PyramidCells, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """P-Net's pyramid (a ``Pyramid``'s cells) thresholded and NMS'd per (frame, scale): boxes (K, 9) and frame indices.
 
     facenet-pytorch thresholds and suppresses scale by scale, three host synchronisations a scale
     (nonzero, two boolean masks) and one more in each NMS, so the GPU idles between scales. Here all
@@ -199,6 +203,7 @@ def candidates(
     The pyramid may come padded (a captured graph's batch size): the cells of padded frames have
     probability -1 and never pass.
     """
+    probs, reg, x1, x2, y1, y2, shapes = cells
     device = probs.device
     sizes = [shape[0] * shape[1] * shape[2] for shape in shapes]
     cells = (probs >= threshold).nonzero().squeeze(1)  # the first host synchronisation
@@ -228,7 +233,7 @@ def candidates(
 
 def pnet_stage(pnet: torch.nn.Module, imgs: torch.Tensor, scales: Sequence[float], threshold: float, pyramid: PyramidFn = pnet_pyramid) -> tuple[torch.Tensor, torch.Tensor]:
     """P-Net over the pyramid (``pyramid``: eager, or a replayed CUDA graph), then ``candidates``."""
-    return candidates(*pyramid(pnet, imgs, scales).fields(), threshold)
+    return candidates(pyramid(pnet, imgs, scales).cells(), threshold)
 
 
 class Cascade(torch.nn.Module):
@@ -266,20 +271,10 @@ class Cascade(torch.nn.Module):
             probs.append(prob)
         return torch.cat(regs, dim=0), torch.cat(probs, dim=0)
 
-    def forward(
-        self,
-        imgs: torch.Tensor,
-        probs: torch.Tensor,
-        reg: torch.Tensor,
-        x1: torch.Tensor,
-        x2: torch.Tensor,
-        y1: torch.Tensor,
-        y2: torch.Tensor,
-        shapes: list[list[int]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, imgs: torch.Tensor, cells: PyramidCells) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (K, 5: corners and O-Net's score) after O-Net's regression, and their frames; facenet's final
         "Min" NMS (NumPy, on the host) is the caller's."""
-        boxes, image_inds = candidates(probs, reg, x1, x2, y1, y2, shapes, self.thresholds[0])
+        boxes, image_inds = candidates(cells, self.thresholds[0])
         pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
         boxes, image_inds = boxes[pick], image_inds[pick]
         regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
@@ -339,7 +334,7 @@ def detect_faces_fast(mtcnn: MTCNN, imgs: torch.Tensor, pyramid: PyramidFn = pne
 
     out = pyramid(mtcnn.pnet, imgs, scales)
     run = cascade if cascade is not None else Cascade(mtcnn.rnet, mtcnn.onet, mtcnn.thresholds)
-    boxes, image_inds = run(imgs, *out.fields())
+    boxes, image_inds = run(imgs, out.cells())
     if len(boxes) > 0:  # facenet's final NMS, on the host
         pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         boxes, image_inds = boxes[pick], image_inds[pick]
