@@ -189,7 +189,7 @@ def nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tenso
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def candidates(cells: PyramidCells, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def candidates(pyramid: PyramidCells, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """P-Net's pyramid (a ``Pyramid``'s cells) thresholded and NMS'd per (frame, scale): boxes (K, 9) and frame indices.
 
     facenet-pytorch thresholds and suppresses scale by scale, three host synchronisations a scale
@@ -203,7 +203,7 @@ def candidates(cells: PyramidCells, threshold: float) -> tuple[torch.Tensor, tor
     The pyramid may come padded (a captured graph's batch size): the cells of padded frames have
     probability -1 and never pass.
     """
-    probs, reg, x1, x2, y1, y2, shapes = cells
+    probs, reg, x1, x2, y1, y2, shapes = pyramid
     device = probs.device
     sizes = [shape[0] * shape[1] * shape[2] for shape in shapes]
     cells = (probs >= threshold).nonzero().squeeze(1)  # the first host synchronisation
@@ -271,10 +271,10 @@ class Cascade(torch.nn.Module):
             probs.append(prob)
         return torch.cat(regs, dim=0), torch.cat(probs, dim=0)
 
-    def forward(self, imgs: torch.Tensor, cells: PyramidCells) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, imgs: torch.Tensor, pyramid: PyramidCells) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (K, 5: corners and O-Net's score) after O-Net's regression, and their frames; facenet's final
         "Min" NMS (NumPy, on the host) is the caller's."""
-        boxes, image_inds = candidates(cells, self.thresholds[0])
+        boxes, image_inds = candidates(pyramid, self.thresholds[0])
         pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
         boxes, image_inds = boxes[pick], image_inds[pick]
         regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
