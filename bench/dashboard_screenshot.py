@@ -76,8 +76,8 @@ async def shoot(args: argparse.Namespace, work: Path) -> bytes:
         "dashboard screenshot",
     )
     app = App(cfg)
-    await app.start()
     try:
+        await app.start()
         assert app.http is not None
         url = f"http://127.0.0.1:{app.http.port}/"
         started = time.monotonic()

@@ -67,13 +67,7 @@ class App:
         shard = self.shard = self.shard or cfg.shard_plan()  # before the model: a bad shard setting fails at once
         if self._given_engine is None:  # before anything here touches CUDA: the engine and the decoder workers are its clients
             self.mps = await asyncio.to_thread(start_mps, cfg.engine.mps, cfg.wants_cuda())
-        try:
-            self.engine = self._given_engine or await asyncio.to_thread(self._load_engine)
-        except BaseException:
-            if self.mps is not None:  # a daemon left running would outlive this process
-                await asyncio.to_thread(self.mps.stop)
-                self.mps = None
-            raise
+        self.engine = self._given_engine or await asyncio.to_thread(self._load_engine)
         log.info("%s", shard.describe(), extra={"event": "shard"})  # after the model: a bad checkpoint stays the only line
         log.debug("streams of this shard: %s", ", ".join(shard.kept) or "none")
         self.publisher = self._given_publisher or self._start_publisher(shard.instance)
