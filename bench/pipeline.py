@@ -47,7 +47,7 @@ from detector.faces import FaceDetector  # noqa: E402
 from detector.pipeline import faces_to_scores  # noqa: E402
 from detector.video import read_evenly_spaced_frames  # noqa: E402
 from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
-from stream.mps import MpsDaemon, start_mps  # noqa: E402
+from stream.mps import start_mps  # noqa: E402
 from stream.outputs.publisher import NullPublisher  # noqa: E402
 from stream.pipeline import StreamPipeline  # noqa: E402
 from stream.sources.base import FrameSource  # noqa: E402
@@ -542,14 +542,13 @@ def main() -> int:
     NVDEC.backend = args.nvdec_backend
     mps = start_mps(args.mps, cuda_wanted=True)  # before this process first touches CUDA (as stream/app.py does)
     try:
-        return run(args, mps)
+        return run(args, mps_used=mps is not None)
     finally:
         if mps is not None:
-            close_pools()  # its clients first
             mps.stop()
 
 
-def run(args: argparse.Namespace, mps: MpsDaemon | None) -> int:
+def run(args: argparse.Namespace, mps_used: bool) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -563,7 +562,7 @@ def run(args: argparse.Namespace, mps: MpsDaemon | None) -> int:
         "repeat_clips": args.repeat_clips,
         "switch_interval_ms": sys.getswitchinterval() * 1000,
         "classifier_compiled": args.compile,
-        "mps": mps is not None,
+        "mps": mps_used,
     }
     print(json.dumps(meta))
     rows: list[dict[str, object]] = []
