@@ -158,13 +158,12 @@ class Ensemble:
         from detector.cuda_graphs import DEFAULT_SIZES, GraphedModel
 
         pool = torch.cuda.graph_pool_handle()
-        runners = []
-        for run, compiled in zip(self._runners, self._compiled, strict=True):
-            run_sizes = sizes or DEFAULT_SIZES
-            if compiled:
-                run_sizes = tuple(s for s in run_sizes if s >= MIN_DYNAMIC_BATCH) or (MIN_DYNAMIC_BATCH,)
-            runners.append(GraphedModel(run, input_size, self.dtype, self.channels_last, run_sizes, self.device, pool))
-        self._runners = runners
+        eager_sizes = sizes or DEFAULT_SIZES
+        compiled_sizes = tuple(s for s in eager_sizes if s >= MIN_DYNAMIC_BATCH) or (MIN_DYNAMIC_BATCH,)
+        self._runners = [
+            GraphedModel(run, input_size, self.dtype, self.channels_last, compiled_sizes if compiled else eager_sizes, self.device, pool)
+            for run, compiled in zip(self._runners, self._compiled, strict=True)
+        ]
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], encoder: str, device: torch.device, label: str = "") -> Ensemble:
