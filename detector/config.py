@@ -142,6 +142,13 @@ class EngineConfig(StrictModel):
         "start without it; off = never. A daemon already named by CUDA_MPS_PIPE_DIRECTORY is used as it is",
     )
 
+    process_per_gpu: bool = Field(
+        False,
+        description="several GPUs: `deepfake-stream run` starts one analyzer process per GPU (stream/launcher.py), each "
+        "watching its rendezvous share of the streams, with HTTP on http.port + its index and MQTT instance gpu<index>; "
+        "one process for two GPUs is held back by its one GIL (1.68x one GPU), a process each is not",
+    )
+
     @field_validator("devices")
     @classmethod
     def _known_devices(cls, value: list[str] | str) -> list[str] | str:

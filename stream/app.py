@@ -24,7 +24,7 @@ from aiohttp import web
 from detector.aggregation import get_strategy
 from detector.build import build_engine
 from detector.engine_pool import Engine, EnginePool
-from detector.errors import CheckpointError
+from detector.errors import CheckpointError, DeviceError
 from stream.config import AppConfig
 from stream.mps import MpsDaemon, MpsError, start_mps
 from stream.outputs.discovery import Discovery, start_discovery
@@ -170,10 +170,10 @@ async def serve(cfg: AppConfig, duration_s: float | None = None, shard: ShardPla
 
 
 def run_service(cfg: AppConfig, duration_s: float | None = None, shard: ShardPlan | None = None) -> int:
-    """Entry point of ``deepfake-stream run``; bad weights are one clear line, exit 2."""
+    """Entry point of ``deepfake-stream run``; bad weights, a missing GPU or MPS that must run are one clear line, exit 2."""
     try:
         asyncio.run(serve(cfg, duration_s, shard))
-    except (CheckpointError, MpsError) as exc:
+    except (CheckpointError, DeviceError, MpsError) as exc:
         log.error("%s", exc)
         return 2
     return 0

@@ -206,6 +206,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         shard = cfg.shard_plan()  # before torch is imported: a replica with a bad shard setting fails in a second
     except ShardingError as exc:
         raise UsageError(f"sharding: {exc}") from None
+    if cfg.engine.process_per_gpu:
+        from stream.launcher import cli_command, run_per_gpu
+
+        configs = args.config or ([DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else [])
+        code = run_per_gpu(cfg, shard, cli_command(configs, args.log_level, args.log_json), duration_s=args.duration)
+        if code is not None:
+            return code
     from stream.app import run_service
 
     return run_service(cfg, duration_s=args.duration, shard=shard)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -26,7 +27,14 @@ def stream_log(logger: logging.Logger, stream: str) -> StreamLog:
     return StreamLog(logger, {"stream": stream})
 
 
+LOG_TAG_ENV = "DEEPFAKE_LOG_TAG"  # set by the per-GPU launcher (stream/launcher.py): which of its processes wrote a line
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self, tag: str | None = None) -> None:
+        super().__init__()
+        self.tag = tag
+
     def format(self, record: logging.LogRecord) -> str:
         payload = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
@@ -34,6 +42,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.tag:
+            payload["process"] = self.tag
         for key in ("stream", "event"):
             if hasattr(record, key):
                 payload[key] = getattr(record, key)
@@ -43,11 +53,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
+    """``$DEEPFAKE_LOG_TAG``, when set, marks every line (``[gpu1]``, or ``"process"`` in JSON)."""
     handler = logging.StreamHandler()
+    tag = os.environ.get(LOG_TAG_ENV, "").strip()
     if json_format:
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(tag or None))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s {'[' + tag.replace('%', '%%') + '] ' if tag else ''}%(name)s: %(message)s"))
     handler.set_name("deepfake-stream")
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if h.get_name() != "deepfake-stream"] + [handler]

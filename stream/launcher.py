@@ -1,0 +1,265 @@
+"""One analyzer process per GPU on one box (``engine.process_per_gpu``).
+
+Why: one analyzer process drove two GPUs at 1.68x the samples of one (seventh session, two
+H200s): its event loop and detection threads share one GIL, and that, not the GPUs, was busy.
+A process per GPU shares nothing but the box.
+
+The launcher is a small supervisor with no CUDA context of its own. It starts the MPS daemon
+(``engine.mps``) once, so every child and its decoder workers share it, then runs
+``deepfake-stream run`` once per GPU with that GPU alone visible (``CUDA_VISIBLE_DEVICES``) and a
+config overlay: ``engine.devices: [cuda:0]``, shard ``index`` of ``count`` (the children split the
+stream list by rendezvous hashing, as replicas on several boxes do, ``stream/sharding.py``), MQTT
+instance ``gpu<index>`` and ``http.port`` + index. A child that dies is started again after a
+backoff; one that exits 2 (a config, checkpoint or MPS error, which a restart cannot mend) stops
+them all. SIGINT and SIGTERM are passed on, and a child that does not stop in time is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream.config import AppConfig
+from stream.logs import LOG_TAG_ENV
+from stream.sharding import ShardPlan
+
+log = logging.getLogger(__name__)
+
+EXIT_FATAL = 2  # the CLI's exit for a bad config, checkpoint or MPS setting: the same child would fail again
+VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+class LaunchError(ValueError):
+    """A per-GPU launch that cannot work; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """One child: its index (its shard), the ``CUDA_VISIBLE_DEVICES`` entry it sees, and its config overlay."""
+
+    index: int
+    visible: str
+    instance: str
+    overlay: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"{self.instance} ({VISIBLE_ENV}={self.visible})"
+
+
+def visible_entries(devices: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` entry of each ``cuda``/``cuda:N`` in ``devices``, as this process numbers them
+    (through its own ``CUDA_VISIBLE_DEVICES`` when that is set)."""
+    inherited = environ.get(VISIBLE_ENV)
+    entries = [entry.strip() for entry in inherited.split(",") if entry.strip()] if inherited is not None else None
+    visible = []
+    for device in devices:
+        if not device.startswith("cuda"):
+            raise LaunchError(f"engine.process_per_gpu runs one process per GPU, but engine.devices lists {device!r}")
+        number = int(device.partition(":")[2] or 0)
+        if entries is None:
+            visible.append(str(number))
+        elif number < len(entries):
+            visible.append(entries[number])
+        else:
+            raise LaunchError(f"{device} is not among the {len(entries)} GPU(s) that {VISIBLE_ENV}={inherited!r} leaves visible")
+    return visible
+
+
+def plan_processes(cfg: AppConfig, shard: ShardPlan, visible: Sequence[str], mps_mode: str) -> list[GpuProcess]:
+    """A child per GPU in ``visible``; LaunchError when this box is itself one shard of several (give each replica a
+    GPU instead) or the HTTP ports would run past 65535."""
+    if shard.spec.sharded:
+        raise LaunchError(
+            f"engine.process_per_gpu splits this box's streams over its GPUs, so the box cannot also be {shard.spec.describe()}: "
+            f"run one replica per GPU instead, or leave sharding unset"
+        )
+    count = len(visible)
+    if cfg.http.enabled and cfg.http.port and cfg.http.port + count - 1 > 65535:
+        raise LaunchError(f"http.port {cfg.http.port} + {count - 1} (one port per GPU) is beyond 65535")
+    processes = []
+    for index, entry in enumerate(visible):
+        instance = f"{cfg.sharding.instance}-gpu{index}" if cfg.sharding.instance else f"gpu{index}"
+        overlay: dict[str, Any] = {
+            "engine": {"devices": ["cuda:0"], "process_per_gpu": False, "mps": mps_mode},
+            "sharding": {"index": index, "count": count, "instance": instance},
+        }
+        if cfg.http.port:  # 0: every child takes a free port of its own
+            overlay["http"] = {"port": cfg.http.port + index}
+        processes.append(GpuProcess(index, entry, instance, overlay))
+    return processes
+
+
+ChildCommand = Callable[[GpuProcess, Path, float | None], list[str]]
+
+
+def cli_command(config_paths: Sequence[Path], log_level: str | None, log_json: bool) -> ChildCommand:
+    """``deepfake-stream run`` with this process's configs, then the child's overlay (later files win)."""
+
+    def command(process: GpuProcess, overlay: Path, duration_s: float | None) -> list[str]:
+        argv = [sys.executable, "-m", "stream.cli"]
+        argv += ["--log-level", log_level] if log_level else []
+        argv += ["--log-json"] if log_json else []
+        argv.append("run")
+        for path in [*config_paths, overlay]:
+            argv += ["--config", str(path)]
+        argv += ["--duration", f"{duration_s:g}"] if duration_s is not None else []
+        return argv
+
+    return command
+
+
+class Launcher:
+    """Keeps one child per ``GpuProcess`` running until ``duration_s`` or ``request_stop``."""
+
+    def __init__(
+        self,
+        processes: Sequence[GpuProcess],
+        command: ChildCommand,
+        environ: Mapping[str, str] | None = None,
+        backoff_s: tuple[float, float] = (1.0, 30.0),
+        steady_s: float = 60.0,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self.processes = list(processes)
+        self.command = command
+        self.environ = dict(os.environ if environ is None else environ)
+        self.backoff_s = backoff_s
+        self.steady_s = steady_s  # a child that ran this long starts its next backoff from the first step again
+        self.stop_timeout_s = stop_timeout_s
+        self.starts: dict[int, int] = {p.index: 0 for p in self.processes}  # how often each child was started
+        self.children: dict[int, asyncio.subprocess.Process] = {}  # the running (or last) process of each
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, duration_s: float | None = None) -> int:
+        """0 when every child ended as asked (the duration, a signal), ``EXIT_FATAL`` when one could not run."""
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        if duration_s is not None:  # a child that outlives its --duration (a stuck stop) is stopped like on a signal
+            asyncio.get_running_loop().call_later(duration_s + self.stop_timeout_s, self.request_stop)
+        with tempfile.TemporaryDirectory(prefix="deepfake-stream-gpus-") as directory:
+            overlays = {}
+            for process in self.processes:
+                overlays[process.index] = Path(directory) / f"gpu{process.index}.yaml"
+                overlays[process.index].write_text(yaml.safe_dump(process.overlay, sort_keys=False), encoding="utf-8")
+            results = await asyncio.gather(*(self._keep(p, overlays[p.index], deadline) for p in self.processes))
+        return max(results, default=0)
+
+    async def _keep(self, process: GpuProcess, overlay: Path, deadline: float | None) -> int:
+        first, most = self.backoff_s
+        backoff = first
+        env = {**self.environ, VISIBLE_ENV: process.visible, LOG_TAG_ENV: process.instance}
+        while not self._stop.is_set():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return 0
+            started = time.monotonic()
+            try:
+                child = await asyncio.create_subprocess_exec(*self.command(process, overlay, remaining), env=env)
+            except OSError as exc:
+                log.error("%s: cannot start the analyzer process: %s", process.label, exc, extra={"event": "launcher"})
+                self.request_stop()
+                return EXIT_FATAL
+            self.starts[process.index] += 1
+            self.children[process.index] = child
+            log.info("%s: analyzer process %d started", process.label, child.pid, extra={"event": "launcher"})
+            code = await self._wait(child)
+            if self._stop.is_set():
+                return 0
+            if code == 0 and deadline is not None:
+                return 0  # its --duration is over
+            if code == EXIT_FATAL:
+                log.error("%s exited %d (a config, checkpoint or MPS error; see its lines above): stopping the others", process.label, code, extra={"event": "launcher"})
+                self.request_stop()
+                return EXIT_FATAL
+            if time.monotonic() - started >= self.steady_s:
+                backoff = first
+            log.warning("%s exited %s; starting it again in %g s", process.label, _describe_exit(code), backoff, extra={"event": "launcher"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, most)
+        return 0
+
+    async def _wait(self, child: asyncio.subprocess.Process) -> int:
+        """The child's exit code; when a stop is asked first, it is passed on (SIGTERM, then SIGKILL after ``stop_timeout_s``)."""
+        exited = asyncio.ensure_future(child.wait())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), self.stop_timeout_s)
+            except TimeoutError:
+                log.warning("analyzer process %d did not stop in %g s: killed", child.pid, self.stop_timeout_s, extra={"event": "launcher"})
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+        return await exited
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"on {signal.Signals(-code).name}"
+    return f"with {code}"
+
+
+def run_per_gpu(cfg: AppConfig, shard: ShardPlan, command: ChildCommand, duration_s: float | None = None) -> int | None:
+    """Run a child per GPU of ``engine.devices``; None when there are fewer than two (the caller runs in-process).
+
+    The GPUs are counted before MPS starts: counting creates no CUDA context, and the children are
+    separate processes that start after the daemon.
+    """
+    from detector.build import engine_devices
+    from detector.devices import resolve_device
+    from detector.errors import DeviceError
+    from stream.mps import MpsError, start_mps
+
+    gpus = [d for d in engine_devices(cfg.detector, cfg.engine) if d.startswith("cuda")]
+    try:
+        for gpu in gpus:  # here, in one line, rather than once per child
+            resolve_device(gpu)
+    except DeviceError as exc:
+        log.error("%s", exc)
+        return EXIT_FATAL
+    if len(gpus) < 2:
+        log.info("engine.process_per_gpu: %s, so one analyzer process", f"one GPU ({gpus[0]})" if gpus else "no GPU", extra={"event": "launcher"})
+        return None
+    try:
+        processes = plan_processes(cfg, shard, visible_entries(gpus, os.environ), cfg.engine.mps)
+        mps = start_mps(cfg.engine.mps, cuda_wanted=True)
+    except (LaunchError, MpsError) as exc:
+        log.error("%s", exc)
+        return EXIT_FATAL
+    if mps is None and cfg.engine.mps == "auto":  # the reason is logged once here, not again by every child
+        processes = [GpuProcess(p.index, p.visible, p.instance, {**p.overlay, "engine": {**p.overlay["engine"], "mps": "off"}}) for p in processes]
+    log.info("engine.process_per_gpu: %d analyzer processes, one per GPU", len(processes), extra={"event": "launcher"})
+    launcher = Launcher(processes, command)
+    try:
+        return asyncio.run(_run_with_signals(launcher, duration_s))
+    finally:
+        if mps is not None:  # last: its clients, the children, are gone
+            mps.stop()
+
+
+async def _run_with_signals(launcher: Launcher, duration_s: float | None) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, launcher.request_stop)
+    return await launcher.run(duration_s)
