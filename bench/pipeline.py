@@ -50,6 +50,7 @@ from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
 from stream.mps import start_mps  # noqa: E402
 from stream.outputs.publisher import NullPublisher  # noqa: E402
 from stream.pipeline import StreamPipeline  # noqa: E402
+from stream.sharding import ShardSpec  # noqa: E402
 from stream.sources.base import FrameSource  # noqa: E402
 from stream.sources.config import NVDEC  # noqa: E402
 from stream.sources.factory import open_source  # noqa: E402
@@ -280,7 +281,7 @@ def repeated_clip(clip: Path, times: int, out_dir: Path) -> Path:
     if out.exists():
         return out
     out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial" + clip.suffix)
+    partial = out.with_suffix(f".{os.getpid()}.partial{clip.suffix}")  # bench/per_gpu.py's processes may write it at once
     with av.open(str(clip)) as src, av.open(str(partial), "w") as dst:
         video = src.streams.video[0]
         copy = dst.add_stream_from_template(video)
@@ -298,13 +299,38 @@ def repeated_clip(clip: Path, times: int, out_dir: Path) -> Path:
     return out
 
 
+def shard_indices(n: int, shard: str | None) -> list[int]:
+    """The stream numbers ``s<i>`` of ``n`` that ``--shard INDEX/COUNT`` keeps (the service's rendezvous split), all without it."""
+    if shard is None:
+        return list(range(n))
+    index, count = (int(x) for x in shard.split("/"))
+    spec = ShardSpec(index=index, count=count)
+    return [i for i in range(n) if spec.owns(f"s{i}")]
+
+
+def barrier(directory: Path | None, shard: str | None) -> None:
+    """``--barrier``: say this process is ready for its next row, then wait for bench/per_gpu.py's go, so every
+    GPU's process starts its streams, and so measures, at the same time."""
+    if directory is None:
+        return
+    step = BARRIER_STEPS[0] = BARRIER_STEPS[0] + 1
+    (directory / f"{step}.{(shard or '0/1').split('/')[0]}.ready").touch()
+    while not (directory / f"{step}.go").exists():
+        time.sleep(0.05)
+
+
+BARRIER_STEPS = [0]
+
+
 async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | EnginePool) -> dict[str, object]:
     pipelines: list[StreamPipeline] = []
     sources: list[FrameSource] = []
     window, alerts = WindowConfig(), AlertConfig()
     longer = Path(tempfile.gettempdir()) / "deepfake-stream-bench-clips"
     clips = [repeated_clip(args.clips / name, args.repeat_clips, longer) for name in args.clip_names]
-    for i in range(n):
+    kept = shard_indices(n, args.shard)
+    await asyncio.to_thread(barrier, args.barrier, args.shard)
+    for i in kept:
         clip = clips[i % len(clips)]
         cfg = StreamConfig(name=f"s{i}", url=str(clip), sample_fps=args.sample_fps, loop=True, realtime=True, decoder=args.decoder, skip_frames=args.skip_frames)
         source = open_source(cfg, device=engine.device_for(cfg.name))
@@ -331,7 +357,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
     frames = stats1.frames - frames0
     batches = stats1.batches - stats0.batches
     latencies = np.array([x for p in pipelines for x in p.latencies]) * 1000
-    fps_in = float(np.mean([s.stats.fps_in for s in sources]))
+    fps_in = float(np.mean([s.stats.fps_in for s in sources])) if sources else 0.0  # a shard may own none
     decoders = sorted({str(s.stats.decoder) for s in sources})
     result = {
         "part": "live",
@@ -340,8 +366,9 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         "skip_frames": args.skip_frames,
         "models": args.live_models,
         "gpus": args.gpus,
-        "streams": n,
-        "expected_samples_per_s": n * args.sample_fps,
+        "shard": args.shard,
+        "streams": len(kept),
+        "expected_samples_per_s": len(kept) * args.sample_fps,
         "samples_per_s": round(frames / seconds, 2),
         "faces_per_s": round((engine.stats.faces - faces0) / seconds, 2),
         "engine_dropped": sum(engine.stats.dropped.values()) - eng_drop0,
@@ -359,13 +386,15 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         "analyzer_cores_busy": round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / seconds, 2),
         **util.summary(),
     }
+    if args.keep_latencies:  # bench/per_gpu.py pools every process's latencies for its percentiles
+        result["latencies_ms"] = [round(float(x), 2) for x in latencies]
     for s in sources:
         await s.stop()
-    _, pending = await asyncio.wait(tasks, timeout=30)
+    _, pending = await asyncio.wait(tasks, timeout=30) if tasks else (set(), set())
     for t in pending:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    for i in range(n):
+    for i in kept:
         engine.forget(f"s{i}")
     return result
 
@@ -488,10 +517,12 @@ def _live_rows(args: argparse.Namespace, engine: InferenceEngine | EnginePool | 
             if decode_only:
                 row["part"] = "sources"
             rows.append(row)
+            kept_note = f" kept {row['streams']}" if args.shard else ""
             if args.partial_out is not None:  # a run cut short still leaves its rows
                 args.partial_out.write_text(json.dumps(rows, indent=1))
             print(
-                f"  {row['part']:7s} {args.decoder:7s} {args.skip_frames:6s} workers={workers} dw={args.detect_workers} mb={args.max_batch} mw={args.max_wait_ms:g} N={n:4d} "
+                f"  {row['part']:7s} {'shard ' + args.shard + ' ' if args.shard else ''}{args.decoder:7s} {args.skip_frames:6s} workers={workers} "
+                f"dw={args.detect_workers} mb={args.max_batch} mw={args.max_wait_ms:g} N={n:4d}{kept_note} "
                 f"samples/s {row['samples_per_s']:7.1f}/{row['expected_samples_per_s']:<6.0f} "
                 f"faces/s {row['faces_per_s']:7.1f} drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
                 f"batch {row['mean_batch_frames']} detect {row['detect_busy']} classify {row['classify_busy']} "
@@ -535,6 +566,9 @@ def main() -> int:
     parser.add_argument("--no-graphs", action="store_true", help="live: no CUDA graphs (eager classifier and P-Net pyramid)")
     parser.add_argument("--switch-interval-ms", type=float, default=None, help="the interpreter's GIL switch interval (sys.setswitchinterval); default Python's 5 ms")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
+    parser.add_argument("--shard", default=None, metavar="INDEX/COUNT", help="live: only the streams s<i> this shard owns (the service's rendezvous split)")
+    parser.add_argument("--barrier", type=Path, default=None, help="live: wait for bench/per_gpu.py's go in this directory before each row")
+    parser.add_argument("--keep-latencies", action="store_true", help="live: every sample's latency in the rows (for bench/per_gpu.py)")
     parser.add_argument("--mps", choices=["auto", "on", "off"], default=EngineConfig().mps, help="engine.mps: this process and its decoder workers under a private CUDA MPS daemon")
     args = parser.parse_args()
     if args.switch_interval_ms is not None:

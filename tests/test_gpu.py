@@ -214,3 +214,69 @@ def test_private_mps_daemon_serves_a_cuda_process_and_goes_with_stop() -> None:
     assert daemon.quitting is not None
     assert daemon.quitting.wait(60) == 0  # its one client has exited (this process's context predates the daemon)
     assert not daemon.directory.exists()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.timeout(420)
+def test_process_per_gpu_puts_an_analyzer_on_each_gpu(checkpoint, astronaut_clip, tmp_path) -> None:
+    """``deepfake-stream run`` with ``engine.process_per_gpu`` on a two-GPU machine: a process per GPU, each scoring its
+    rendezvous share of the streams on its own port, each GPU holding memory, SIGTERM ending them all with exit 0."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import yaml
+
+    from stream.sharding import assignment
+    from tests.fixtures.media import TEST_ENCODER
+
+    names = [f"cam-{i}" for i in range(6)]
+    split = assignment(names, 2)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "detector": {"weights_dir": str(checkpoint.parent), "weights": [checkpoint.name], "encoder": TEST_ENCODER, "device": "cuda", "input_size": 128},
+        "streams": [{"name": name, "url": str(astronaut_clip), "loop": True, "realtime": True, "sample_fps": 2, "decoder": "auto"} for name in names],
+        "mqtt": {"enabled": False},
+        "engine": {"process_per_gpu": True},
+        "http": {"port": 18400},
+    }))  # fmt: skip
+
+    def used_mib() -> list[int]:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30, check=True)
+        return [int(line) for line in out.stdout.split()]
+
+    def scored(port: int) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return {m[1]: float(m[2]) for m in re.finditer(r'^deepfake_stream_samples_scored_total\{stream="([^"]+)"\} (\S+)$', text, re.MULTILINE)}
+
+    before = used_mib()
+    log = tmp_path / "run.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "run", "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        seen: dict[int, dict[str, float]] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            for index in (0, 1):
+                try:
+                    seen[index] = scored(18400 + index)
+                except OSError:
+                    pass
+            if all(set(split[i]) == {k for k, v in seen.get(i, {}).items() if v > 0} for i in (0, 1)):
+                break
+            time.sleep(1)
+        during = used_mib()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    text = log.read_text(errors="replace")
+    assert proc.returncode is not None and code == 0, text[-3000:]
+    for index in (0, 1):
+        assert {k for k, v in seen.get(index, {}).items() if v > 0} == set(split[index]), (seen, text[-3000:])  # each its own share, no other
+        assert during[index] - before[index] > 300, (before, during)  # each GPU has an analyzer on it
+        assert f"[gpu{index}]" in text
+    assert "2 analyzer processes, one per GPU" in text and "Traceback" not in text
