@@ -258,7 +258,7 @@ def test_process_per_gpu_puts_an_analyzer_on_each_gpu(checkpoint, astronaut_clip
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "run", "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 120
         seen: dict[int, dict[str, float]] = {}
         while time.monotonic() < deadline and proc.poll() is None:
             for index in (0, 1):
