@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -169,7 +170,7 @@ class Launcher:
                 return 0
             started = time.monotonic()
             try:
-                child = await asyncio.create_subprocess_exec(*self.command(process, overlay, remaining), env=env)
+                child = await asyncio.create_subprocess_exec(*self.command(process, overlay, remaining), env=env, preexec_fn=functools.partial(_die_with_parent, os.getpid()))
             except OSError as exc:
                 log.error("%s: cannot start the analyzer process: %s", process.label, exc, extra={"event": "launcher"})
                 self.request_stop()
@@ -210,6 +211,20 @@ class Launcher:
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
         return await exited
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with_parent(launcher_pid: int) -> None:
+    """In the child before it runs (Linux): SIGTERM it when the launcher dies, even by SIGKILL, so no analyzer is left
+    holding a GPU and its streams without a supervisor (and a new launcher would start a second one)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher_pid:  # it died between the fork and the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _describe_exit(code: int) -> str:

@@ -240,6 +240,33 @@ async def test_a_child_that_outlives_the_duration_is_stopped(tmp_path: Path) -> 
     assert time.monotonic() - started < 10 and (tmp_path / "child0.term").exists()
 
 
+LAUNCHER = r"""
+import asyncio, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from tests.test_launcher import stand_ins
+from stream.launcher import Launcher
+from pathlib import Path
+processes, command = stand_ins(Path(sys.argv[3]), ["forever"])
+asyncio.run(Launcher(processes, command).run())
+"""
+
+
+async def test_children_go_when_the_launcher_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves the launcher no time to pass anything on: the kernel's parent-death signal stops its children."""
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER)
+    root = str(Path(__file__).resolve().parents[1])
+    launcher = await asyncio.create_subprocess_exec(sys.executable, str(script), root, str(Path(root) / "tests"), str(tmp_path))
+    try:
+        await wait_for(lambda: bool(started_runs(tmp_path, 0)), 30, "the child started")
+        launcher.kill()
+        await launcher.wait()
+        await wait_for(lambda: (tmp_path / "child0.term").exists(), 10, "the child told to stop")
+    finally:
+        if launcher.returncode is None:
+            launcher.kill()
+
+
 async def test_restarts_back_off(tmp_path: Path) -> None:
     script = tmp_path / "die.py"
     script.write_text("import sys; sys.exit(3)")
