@@ -145,8 +145,9 @@ class EngineConfig(StrictModel):
     process_per_gpu: bool = Field(
         False,
         description="several GPUs: `deepfake-stream run` starts one analyzer process per GPU (stream/launcher.py), each "
-        "watching its rendezvous share of the streams, with HTTP on http.port + its index and MQTT instance gpu<index>; "
-        "one process for two GPUs is held back by its one GIL (1.68x one GPU), a process each is not",
+        "watching its rendezvous share of the streams, with its HTTP on http.port + 1 + its index and MQTT instance gpu<index>; "
+        "http.port answers /health for all of them. One process for two GPUs is held back by its one GIL (1.68x one GPU's "
+        "streams); a process each held 1.82x in one run of three",
     )
 
     @field_validator("devices")

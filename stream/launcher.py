@@ -9,19 +9,23 @@ The launcher is a small supervisor with no CUDA context of its own. It starts th
 ``deepfake-stream run`` once per GPU with that GPU alone visible (``CUDA_VISIBLE_DEVICES``) and a
 config overlay: ``engine.devices: [cuda:0]``, shard ``index`` of ``count`` (the children split the
 stream list by rendezvous hashing, as replicas on several boxes do, ``stream/sharding.py``), MQTT
-instance ``gpu<index>`` and ``http.port`` + index. A child that dies is started again after a
-backoff; one that exits 2 (a config, checkpoint or MPS error, which a restart cannot mend) stops
-them all. SIGINT and SIGTERM are passed on, and a child that does not stop in time is killed.
+instance ``gpu<index>`` and ``http.port`` + 1 + index. The launcher keeps ``http.port`` for a
+``/health`` of the whole box (``stream/web/launcher_health.py``). A child that dies is started again
+after a backoff; one that exits 2 (a config, checkpoint or MPS error, which a restart cannot mend)
+stops them all. SIGINT and SIGTERM are passed on, and a child that does not stop in time is killed;
+a child outliving the launcher (SIGKILL) gets SIGTERM from the kernel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -31,10 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
 
 from stream.config import AppConfig
 from stream.logs import LOG_TAG_ENV
 from stream.sharding import ShardPlan
+from stream.web import launcher_health
+from stream.web.config import HttpConfig
+from stream.web.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +56,13 @@ class LaunchError(ValueError):
 
 @dataclass(frozen=True)
 class GpuProcess:
-    """One child: its index (its shard), the ``CUDA_VISIBLE_DEVICES`` entry it sees, and its config overlay."""
+    """One child: its index (its shard), the ``CUDA_VISIBLE_DEVICES`` entry it sees, its config overlay and HTTP port."""
 
     index: int
     visible: str
     instance: str
     overlay: dict[str, Any]
+    port: int | None = None  # None: no HTTP server
 
     @property
     def label(self) -> str:
@@ -88,8 +97,8 @@ def plan_processes(cfg: AppConfig, shard: ShardPlan, visible: Sequence[str], mps
             f"run one replica per GPU instead, or leave sharding unset"
         )
     count = len(visible)
-    if cfg.http.enabled and cfg.http.port and cfg.http.port + count - 1 > 65535:
-        raise LaunchError(f"http.port {cfg.http.port} + {count - 1} (one port per GPU) is beyond 65535")
+    if cfg.http.enabled and cfg.http.port and cfg.http.port + count > 65535:
+        raise LaunchError(f"http.port {cfg.http.port} + {count} (the launcher's, then one port per GPU) is beyond 65535")
     processes = []
     for index, entry in enumerate(visible):
         instance = f"{cfg.sharding.instance}-gpu{index}" if cfg.sharding.instance else f"gpu{index}"
@@ -97,10 +106,18 @@ def plan_processes(cfg: AppConfig, shard: ShardPlan, visible: Sequence[str], mps
             "engine": {"devices": ["cuda:0"], "process_per_gpu": False, "mps": mps_mode},
             "sharding": {"index": index, "count": count, "instance": instance},
         }
-        if cfg.http.port:  # 0: every child takes a free port of its own
-            overlay["http"] = {"port": cfg.http.port + index}
-        processes.append(GpuProcess(index, entry, instance, overlay))
+        port = None
+        if cfg.http.enabled:  # http.port 0: a free port each, found now, so the launcher's /health knows where to ask
+            port = cfg.http.port + 1 + index if cfg.http.port else _free_port(cfg.http.host)
+            overlay["http"] = {"port": port}
+        processes.append(GpuProcess(index, entry, instance, overlay, port))
     return processes
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 ChildCommand = Callable[[GpuProcess, Path, float | None], list[str]]
@@ -133,8 +150,11 @@ class Launcher:
         backoff_s: tuple[float, float] = (1.0, 30.0),
         steady_s: float = 60.0,
         stop_timeout_s: float = 30.0,
+        http: HttpConfig | None = None,
     ) -> None:
         self.processes = list(processes)
+        self.http_config = http  # the launcher's own /health, when given
+        self.http: HttpServer | None = None
         self.command = command
         self.environ = dict(os.environ if environ is None else environ)
         self.backoff_s = backoff_s
@@ -152,13 +172,26 @@ class Launcher:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         if duration_s is not None:  # a child that outlives its --duration (a stuck stop) is stopped like on a signal
             asyncio.get_running_loop().call_later(duration_s + self.stop_timeout_s, self.request_stop)
-        with tempfile.TemporaryDirectory(prefix="deepfake-stream-gpus-") as directory:
-            overlays = {}
-            for process in self.processes:
-                overlays[process.index] = Path(directory) / f"gpu{process.index}.yaml"
-                overlays[process.index].write_text(yaml.safe_dump(process.overlay, sort_keys=False), encoding="utf-8")
-            results = await asyncio.gather(*(self._keep(p, overlays[p.index], deadline) for p in self.processes))
+        if self.http_config is not None:
+            app = web.Application()
+            launcher_health.add_routes(app, self.views, _probe_host(self.http_config.host))
+            self.http = HttpServer(self.http_config, app)
+            await self.http.start()
+        try:
+            with tempfile.TemporaryDirectory(prefix="deepfake-stream-gpus-") as directory:
+                overlays = {}
+                for process in self.processes:
+                    overlays[process.index] = Path(directory) / f"gpu{process.index}.yaml"
+                    overlays[process.index].write_text(yaml.safe_dump(process.overlay, sort_keys=False), encoding="utf-8")
+                results = await asyncio.gather(*(self._keep(p, overlays[p.index], deadline) for p in self.processes))
+        finally:
+            if self.http is not None:
+                await self.http.stop()
         return max(results, default=0)
+
+    def views(self) -> list[launcher_health.ProcessView]:
+        """The children with an HTTP port, as the launcher's /health reports them."""
+        return [launcher_health.ProcessView(p.instance, p.visible, p.port, self.starts[p.index]) for p in self.processes if p.port is not None]
 
     async def _keep(self, process: GpuProcess, overlay: Path, deadline: float | None) -> int:
         first, most = self.backoff_s
@@ -227,6 +260,11 @@ def _die_with_parent(launcher_pid: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _probe_host(bound: str) -> str:
+    """Where the launcher reaches its children: they bind the same host; a wildcard is reached on loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bound, bound)
+
+
 def _describe_exit(code: int) -> str:
     if code < 0:
         with contextlib.suppress(ValueError):
@@ -262,9 +300,9 @@ def run_per_gpu(cfg: AppConfig, shard: ShardPlan, command: ChildCommand, duratio
         log.error("%s", exc)
         return EXIT_FATAL
     if mps is None and cfg.engine.mps == "auto":  # the reason is logged once here, not again by every child
-        processes = [GpuProcess(p.index, p.visible, p.instance, {**p.overlay, "engine": {**p.overlay["engine"], "mps": "off"}}) for p in processes]
+        processes = [dataclasses.replace(p, overlay={**p.overlay, "engine": {**p.overlay["engine"], "mps": "off"}}) for p in processes]
     log.info("engine.process_per_gpu: %d analyzer processes, one per GPU", len(processes), extra={"event": "launcher"})
-    launcher = Launcher(processes, command)
+    launcher = Launcher(processes, command, http=cfg.http if cfg.http.enabled else None)
     try:
         return asyncio.run(_run_with_signals(launcher, duration_s))
     finally:

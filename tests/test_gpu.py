@@ -221,6 +221,7 @@ def test_private_mps_daemon_serves_a_cuda_process_and_goes_with_stop() -> None:
 def test_process_per_gpu_puts_an_analyzer_on_each_gpu(checkpoint, astronaut_clip, tmp_path) -> None:
     """``deepfake-stream run`` with ``engine.process_per_gpu`` on a two-GPU machine: a process per GPU, each scoring its
     rendezvous share of the streams on its own port, each GPU holding memory, SIGTERM ending them all with exit 0."""
+    import json
     import re
     import signal
     import subprocess
@@ -263,13 +264,15 @@ def test_process_per_gpu_puts_an_analyzer_on_each_gpu(checkpoint, astronaut_clip
         while time.monotonic() < deadline and proc.poll() is None:
             for index in (0, 1):
                 try:
-                    seen[index] = scored(18400 + index)
+                    seen[index] = scored(18401 + index)  # 18400 is the launcher's /health
                 except OSError:
                     pass
             if all(set(split[i]) == {k for k, v in seen.get(i, {}).items() if v > 0} for i in (0, 1)):
                 break
             time.sleep(1)
         during = used_mib()
+        with urllib.request.urlopen("http://127.0.0.1:18400/health", timeout=10) as response:
+            box = json.loads(response.read())
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(120)
@@ -280,3 +283,4 @@ def test_process_per_gpu_puts_an_analyzer_on_each_gpu(checkpoint, astronaut_clip
         assert during[index] - before[index] > 300, (before, during)  # each GPU has an analyzer on it
         assert f"[gpu{index}]" in text
     assert "2 analyzer processes, one per GPU" in text and "Traceback" not in text
+    assert [(p["instance"], p["port"], p["ok"]) for p in box["processes"]] == [("gpu0", 18401, True), ("gpu1", 18402, True)], box

@@ -8,6 +8,7 @@ stream list over a real broker; on a GPU machine ``tests/test_gpu.py`` runs it o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -54,12 +55,16 @@ def test_each_process_gets_one_gpu_its_shard_an_instance_and_a_port() -> None:
     assert processes[1].overlay == {
         "engine": {"devices": ["cuda:0"], "process_per_gpu": False, "mps": "auto"},
         "sharding": {"index": 1, "count": 2, "instance": "gpu1"},
-        "http": {"port": 9001},
+        "http": {"port": 9002},
     }
+    assert [p.port for p in processes] == [9001, 9002]  # 9000 is the launcher's /health
     assert processes[1].label == "gpu1 (CUDA_VISIBLE_DEVICES=3)"
     named = parse_config({"sharding": {"instance": "edge-7"}, "http": {"port": 0}})
-    one = plan_processes(named, named.shard_plan({}), ["0", "1"], "off")[1]
-    assert one.instance == "edge-7-gpu1" and "http" not in one.overlay  # port 0: each child takes a free one
+    free = plan_processes(named, named.shard_plan({}), ["0", "1"], "off")
+    assert free[1].instance == "edge-7-gpu1"
+    assert all(p.port and p.overlay["http"] == {"port": p.port} for p in free) and free[0].port != free[1].port  # port 0: free ones, found now
+    off = parse_config({"http": {"enabled": False}})
+    assert all(p.port is None and "http" not in p.overlay for p in plan_processes(off, off.shard_plan({}), ["0", "1"], "auto"))
 
 
 def test_a_child_overlay_merges_into_a_valid_config(tmp_path: Path) -> None:
@@ -71,7 +76,7 @@ def test_a_child_overlay_merges_into_a_valid_config(tmp_path: Path) -> None:
         overlay.write_text(yaml.safe_dump(process.overlay))
         child = load_configs([base, overlay])
         plan = child.shard_plan({})
-        assert child.engine.devices == ["cuda:0"] and not child.engine.process_per_gpu and child.http.port == 8080 + process.index
+        assert child.engine.devices == ["cuda:0"] and not child.engine.process_per_gpu and child.http.port == 8081 + process.index
         assert (plan.spec.index, plan.spec.count, plan.spec.instance) == (process.index, 2, f"gpu{process.index}")
         assert list(plan.kept) == assignment([f"cam-{i}" for i in range(6)], 2)[process.index]
 
@@ -80,8 +85,8 @@ def test_a_sharded_box_or_ports_past_65535_are_refused() -> None:
     cfg = parse_config({"sharding": {"index": 1, "count": 3}})
     with pytest.raises(LaunchError, match=r"cannot also be shard 1 of 3 .*run one replica per GPU instead"):
         plan_processes(cfg, cfg.shard_plan({}), ["0", "1"], "auto")
-    high = parse_config({"http": {"port": 65535}})
-    with pytest.raises(LaunchError, match=r"http.port 65535 \+ 1 \(one port per GPU\) is beyond 65535"):
+    high = parse_config({"http": {"port": 65534}})
+    with pytest.raises(LaunchError, match=r"http.port 65534 \+ 2 \(the launcher's, then one port per GPU\) is beyond 65535"):
         plan_processes(high, high.shard_plan({}), ["0", "1"], "auto")
 
 
@@ -282,21 +287,27 @@ async def test_restarts_back_off(tmp_path: Path) -> None:
 # ------------------------------------------------- end to end: two real analyzer processes on the CPU
 
 
-def free_port_pair() -> int:
-    """A port p with p and p + 1 both free on loopback (the children bind base + index)."""
+def free_ports(count: int) -> int:
+    """A port p with p .. p + count - 1 all free on loopback (the launcher binds p, its children p + 1 + index)."""
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        if port >= 65535:
+        if port + count - 1 > 65535:
             continue
-        with socket.socket() as other:
-            try:
-                other.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        try:
+            for offset in range(1, count):
+                with socket.socket() as other:
+                    other.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
         return port
-    raise RuntimeError("no two neighbouring free ports")
+    raise RuntimeError(f"no {count} neighbouring free ports")
+
+
+async def box_health(http: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:
+    async with http.get(f"http://127.0.0.1:{port}/health") as response:
+        return response.status, await response.json()
 
 
 @pytest.mark.timeout(300)
@@ -307,7 +318,7 @@ async def test_two_analyzer_processes_split_the_streams_and_a_killed_one_comes_b
     split = assignment(names, 2)
     assert split[0] and split[1]  # the premise: both processes own a stream
     clip = astronaut_video(tmp_path / "clip.mp4", seconds=2.0, fps=5, height=180)
-    port = free_port_pair()
+    port = free_ports(3)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "detector": {"weights_dir": str(checkpoint.parent), "weights": [checkpoint.name], "encoder": TEST_ENCODER, "device": "cpu", "input_size": 64},
@@ -318,9 +329,9 @@ async def test_two_analyzer_processes_split_the_streams_and_a_killed_one_comes_b
     }))  # fmt: skip
     cfg = load_configs([config])
     processes = plan_processes(cfg, cfg.shard_plan({}), ["0", "1"], "off")
-    processes = [GpuProcess(p.index, p.visible, p.instance, {**p.overlay, "engine": {**p.overlay["engine"], "devices": ["cpu"]}}) for p in processes]
+    processes = [dataclasses.replace(p, overlay={**p.overlay, "engine": {**p.overlay["engine"], "devices": ["cpu"]}}) for p in processes]
     environ = {k: v for k, v in os.environ.items() if k not in ("POD_NAME", "HOSTNAME")} | {"OMP_NUM_THREADS": "1"}
-    launcher = Launcher(processes, cli_command([config], None, False), environ=environ, backoff_s=(0.5, 2.0))
+    launcher = Launcher(processes, cli_command([config], None, False), environ=environ, backoff_s=(0.5, 2.0), http=cfg.http)
 
     def scored_by(seen, since: float) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
@@ -337,16 +348,28 @@ async def test_two_analyzer_processes_split_the_streams_and_a_killed_one_comes_b
             await seen.wait_for(lambda _: set(scored_by(seen, t0)) == set(names), 150, "a score for every stream")
             assert scored_by(seen, t0) == {name: {f"gpu{index}"} for index, kept in split.items() for name in kept}
             for index in (0, 1):
-                async with http.get(f"http://127.0.0.1:{port + index}/health") as response:
+                async with http.get(f"http://127.0.0.1:{port + 1 + index}/health") as response:
                     body = await response.json()
                 assert body["shard"]["instance"] == f"gpu{index}" and sorted(body["streams"]) == sorted(split[index])
+            status, box = await box_health(http, port)  # the launcher's own port: every process at once
+            assert status == 200 and box["ok"] is True, box
+            assert [(p["instance"], p["port"], p["ok"], p["restarts"]) for p in box["processes"]] == [("gpu0", port + 1, True, 0), ("gpu1", port + 2, True, 0)]
+            async with http.get(f"http://127.0.0.1:{port}/health/live") as response:
+                assert response.status == 200 and (await response.json())["processes"] == 2
 
             victim = launcher.children[0]
             t_kill = time.monotonic()
             victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+            status, box = await box_health(http, port)
+            assert status == 503 and box["ok"] is False
+            gone, alive = box["processes"]
+            assert gone["ok"] is False and "not answering" in gone["problems"][0] and alive["ok"] is True, box
             await wait_for(lambda: launcher.starts[0] == 2, 30, "the killed process started again")
             await seen.wait_for(lambda _: set(scored_by(seen, t_kill + 1.0)) >= set(split[0]), 150, "its streams scored again")
             assert launcher.starts[1] == 1
+            status, box = await box_health(http, port)
+            assert status == 200 and box["processes"][0]["restarts"] == 1, box
         finally:
             launcher.request_stop()
             code = await asyncio.wait_for(task, 90)
