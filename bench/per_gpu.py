@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 from stream.mps import start_mps  # noqa: E402
 
 SUMMED = ("streams", "expected_samples_per_s", "samples_per_s", "faces_per_s", "engine_dropped", "source_dropped", "analyzer_cores_busy")
+# GPU and NVDEC %: each process reports its own card (bench/pipeline.py's Utilisation), so the mean is the cards' mean;
+# CPU: /proc/stat sees the whole box from every process, so the mean is the same quantity measured twice
 AVERAGED = ("gpu_util_pct", "nvdec_util_pct", "cpu_util_pct", "cpu_cores_busy", "detect_busy", "classify_busy", "mean_batch_frames", "decode_fps_per_stream")
 
 
@@ -38,7 +40,7 @@ def pooled(rows: list[dict[str, object]]) -> dict[str, object]:
     row: dict[str, object] = {"part": "live", "processes_pooled": len(rows)}
     for key in SUMMED:
         row[key] = round(sum(float(r[key] or 0) for r in rows), 2)  # type: ignore[arg-type]
-    for key in AVERAGED:  # nvidia-smi and /proc/stat see the whole box from every process: the same quantity
+    for key in AVERAGED:
         values = [float(r[key]) for r in rows if r.get(key) is not None and r["streams"]]  # type: ignore[arg-type]
         row[key] = round(float(np.mean(values)), 3) if values else None
     latencies = np.array([x for r in rows for x in r.get("latencies_ms", [])])  # type: ignore[union-attr]

@@ -59,11 +59,20 @@ from stream.sources.workers import close_pools, default_workers  # noqa: E402
 DEFAULT_CLIPS = ["nicoletmk-Real6.mp4", "facenet-video.mp4", "wav2lip-kim_7s_raw.mp4"]
 
 
+def visible_gpu_indices() -> list[int]:
+    """nvidia-smi's indices of the GPUs ``CUDA_VISIBLE_DEVICES`` leaves this process (empty: all of them, or not numbers);
+    nvidia-smi counts in PCI order, as CUDA does on a box of identical cards."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    return [int(entry) for entry in entries] if entries and all(entry.isdigit() for entry in entries) else []
+
+
 class Utilisation:
     """Samples GPU (nvidia-smi) and process-wide CPU utilisation in the background."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
+        self.gpus = visible_gpu_indices()  # nvidia-smi lists every card; a process given one GPU reports that one
         self.gpu: list[float] = []
         self.nvdec: list[float] = []
         self.cpu: list[float] = []
@@ -96,8 +105,9 @@ class Utilisation:
                     ["nvidia-smi", "--query-gpu=utilization.gpu,utilization.decoder", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5
                 )
                 rows = [[float(v) for v in line.split(",")] for line in out.stdout.strip().splitlines()]
-                self.gpu.append(float(np.mean([r[0] for r in rows])))
-                self.nvdec.append(float(np.mean([r[1] for r in rows])))
+                mine = [rows[i] for i in self.gpus if i < len(rows)] or rows
+                self.gpu.append(float(np.mean([r[0] for r in mine])))
+                self.nvdec.append(float(np.mean([r[1] for r in mine])))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 pass
 
