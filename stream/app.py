@@ -38,7 +38,7 @@ from stream.sources.factory import prepare_demo_media
 from stream.sources.workers import close_pools
 from stream.web import dashboard, health, metrics, whip
 from stream.web.metrics import ServiceMetrics
-from stream.web.server import HttpServer
+from stream.web.server import HttpBindError, HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +170,10 @@ async def serve(cfg: AppConfig, duration_s: float | None = None, shard: ShardPla
 
 
 def run_service(cfg: AppConfig, duration_s: float | None = None, shard: ShardPlan | None = None) -> int:
-    """Entry point of ``deepfake-stream run``; bad weights, a missing GPU or MPS that must run are one clear line, exit 2."""
+    """Entry point of ``deepfake-stream run``; bad weights, a missing GPU, a port in use or MPS that must run are one clear line, exit 2."""
     try:
         asyncio.run(serve(cfg, duration_s, shard))
-    except (CheckpointError, DeviceError, MpsError) as exc:
+    except (CheckpointError, DeviceError, HttpBindError, MpsError) as exc:
         log.error("%s", exc)
         return 2
     return 0

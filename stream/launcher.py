@@ -42,7 +42,7 @@ from stream.logs import LOG_TAG_ENV
 from stream.sharding import ShardPlan
 from stream.web import launcher_health
 from stream.web.config import HttpConfig
-from stream.web.server import HttpServer
+from stream.web.server import HttpBindError, HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,9 @@ def run_per_gpu(cfg: AppConfig, shard: ShardPlan, command: ChildCommand, duratio
     launcher = Launcher(processes, command, http=cfg.http if cfg.http.enabled else None)
     try:
         return asyncio.run(_run_with_signals(launcher, duration_s))
+    except HttpBindError as exc:  # before any child started
+        log.error("%s", exc)
+        return EXIT_FATAL
     finally:
         if mps is not None:  # last: its clients, the children, are gone
             mps.stop()

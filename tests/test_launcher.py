@@ -28,6 +28,8 @@ from stream.config_merge import load_configs
 from stream.launcher import EXIT_FATAL, GpuProcess, Launcher, LaunchError, cli_command, plan_processes, visible_entries
 from stream.logs import LOG_TAG_ENV, setup_logging
 from stream.sharding import assignment
+from stream.web.config import HttpConfig
+from stream.web.server import HttpBindError
 from tests.fixtures.media import TEST_ENCODER, astronaut_video
 from tests.fixtures.mqtt import MosquittoBroker, collect_messages
 
@@ -137,6 +139,30 @@ def test_the_log_tag_marks_every_line_plain_and_json(monkeypatch: pytest.MonkeyP
     plain, line = capsys.readouterr().err.splitlines()[-2:]
     assert plain.endswith("INFO    [gpu1] stream.test: hello there")
     assert json.loads(line)["process"] == "gpu1" and json.loads(line)["message"] == "json line"
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"detector": {"device": "cpu"}, "mqtt": {"enabled": False}, "http": {"port": port}}))
+        assert cli_main(["run", "--config", str(config), "--duration", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert f"http: cannot listen on 127.0.0.1:{port} (address already in use); another analyzer may hold the port" in err.lower()
+    assert "Traceback" not in err
+
+
+async def test_the_launchers_port_in_use_starts_no_process(tmp_path: Path) -> None:
+    processes, command = stand_ins(tmp_path, ["forever", "forever"])
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        launcher = Launcher(processes, command, http=HttpConfig(port=holder.getsockname()[1]))
+        with pytest.raises(HttpBindError, match="cannot listen on 127.0.0.1"):
+            await launcher.run()
+    assert launcher.starts == {0: 0, 1: 0}
 
 
 # ------------------------------------------------------- the supervisor, with stand-in children

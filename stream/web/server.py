@@ -7,12 +7,17 @@ it over.  It binds to loopback unless the config opens it.
 from __future__ import annotations
 
 import logging
+import os
 
 from aiohttp import web
 
 from stream.web.config import HttpConfig
 
 log = logging.getLogger(__name__)
+
+
+class HttpBindError(RuntimeError):
+    """The configured HTTP address cannot be listened on (in use, not this machine's, not allowed)."""
 
 
 class HttpServer:
@@ -26,7 +31,15 @@ class HttpServer:
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            self.runner = None
+            raise HttpBindError(
+                f"http: cannot listen on {self.cfg.host}:{self.cfg.port} ({os.strerror(exc.errno) if exc.errno else exc}); another analyzer may hold the port: "
+                f"stop it or set http.port"
+            ) from None
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001 - the bound port for port 0
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.port
         log.info("HTTP listening on http://%s:%d", self.cfg.host, self.port)
