@@ -10,7 +10,7 @@ The launcher is a small supervisor with no CUDA context of its own. It starts th
 config overlay: ``engine.devices: [cuda:0]``, shard ``index`` of ``count`` (the children split the
 stream list by rendezvous hashing, as replicas on several boxes do, ``stream/sharding.py``), MQTT
 instance ``gpu<index>`` and ``http.port`` + 1 + index. The launcher keeps ``http.port`` for a
-``/health`` of the whole box (``stream/web/launcher_health.py``). A child that dies is started again
+``/health`` of the whole box (``stream/web/launcher_routes.py``). A child that dies is started again
 after a backoff; one that exits 2 (a config, checkpoint or MPS error, which a restart cannot mend)
 stops them all. SIGINT and SIGTERM are passed on, and a child that does not stop in time is killed;
 a child outliving the launcher (SIGKILL) gets SIGTERM from the kernel.
@@ -40,7 +40,7 @@ from aiohttp import web
 from stream.config import AppConfig
 from stream.logs import LOG_TAG_ENV
 from stream.sharding import ShardPlan
-from stream.web import launcher_health
+from stream.web import launcher_routes
 from stream.web.config import HttpConfig
 from stream.web.server import HttpBindError, HttpServer
 
@@ -174,7 +174,7 @@ class Launcher:
             asyncio.get_running_loop().call_later(duration_s + self.stop_timeout_s, self.request_stop)
         if self.http_config is not None:
             app = web.Application()
-            launcher_health.add_routes(app, self.views, _probe_host(self.http_config.host))
+            launcher_routes.add_routes(app, self.views, _probe_host(self.http_config.host))
             self.http = HttpServer(self.http_config, app)
             await self.http.start()
         try:
@@ -189,9 +189,9 @@ class Launcher:
                 await self.http.stop()
         return max(results, default=0)
 
-    def views(self) -> list[launcher_health.ProcessView]:
+    def views(self) -> list[launcher_routes.ProcessView]:
         """The children with an HTTP port, as the launcher's /health reports them."""
-        return [launcher_health.ProcessView(p.instance, p.visible, p.port, self.starts[p.index]) for p in self.processes if p.port is not None]
+        return [launcher_routes.ProcessView(p.instance, p.visible, p.port, self.starts[p.index]) for p in self.processes if p.port is not None]
 
     async def _keep(self, process: GpuProcess, overlay: Path, deadline: float | None) -> int:
         first, most = self.backoff_s

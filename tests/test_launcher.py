@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.cli import main as cli_main
 from stream.config import parse_config
@@ -331,6 +332,13 @@ def free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} neighbouring free ports")
 
 
+async def box_metrics(http: aiohttp.ClientSession, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 async def box_health(http: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:
     async with http.get(f"http://127.0.0.1:{port}/health") as response:
         return response.status, await response.json()
@@ -382,6 +390,15 @@ async def test_two_analyzer_processes_split_the_streams_and_a_killed_one_comes_b
             assert [(p["instance"], p["port"], p["ok"], p["restarts"]) for p in box["processes"]] == [("gpu0", port + 1, True, 0), ("gpu1", port + 2, True, 0)]
             async with http.get(f"http://127.0.0.1:{port}/health/live") as response:
                 assert response.status == 200 and (await response.json())["processes"] == 2
+            samples = await box_metrics(http, port)  # one scrape for the box, each sample labelled with its process
+            assert samples[("deepfake_launcher_process_up", (("process", "gpu0"),))] == 1 == samples[("deepfake_launcher_process_up", (("process", "gpu1"),))]
+            for index, kept in split.items():
+                for name in kept:
+                    assert samples[("deepfake_stream_samples_scored_total", (("process", f"gpu{index}"), ("stream", name)))] > 0
+                    assert ("deepfake_stream_samples_scored_total", (("process", f"gpu{1 - index}"), ("stream", name))) not in samples
+            async with http.get(f"http://127.0.0.1:{port}/") as response:
+                page = await response.text()
+            assert f'href="http://127.0.0.1:{port + 1}/"' in page and f'href="http://127.0.0.1:{port + 2}/"' in page
 
             victim = launcher.children[0]
             t_kill = time.monotonic()
@@ -391,6 +408,8 @@ async def test_two_analyzer_processes_split_the_streams_and_a_killed_one_comes_b
             assert status == 503 and box["ok"] is False
             gone, alive = box["processes"]
             assert gone["ok"] is False and "not answering" in gone["problems"][0] and alive["ok"] is True, box
+            samples = await box_metrics(http, port)
+            assert samples[("deepfake_launcher_process_up", (("process", "gpu0"),))] == 0 and samples[("deepfake_launcher_process_up", (("process", "gpu1"),))] == 1
             await wait_for(lambda: launcher.starts[0] == 2, 30, "the killed process started again")
             await seen.wait_for(lambda _: set(scored_by(seen, t_kill + 1.0)) >= set(split[0]), 150, "its streams scored again")
             assert launcher.starts[1] == 1
