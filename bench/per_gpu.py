@@ -46,6 +46,9 @@ def pooled(rows: list[dict[str, object]]) -> dict[str, object]:
     latencies = np.array([x for r in rows for x in r.get("latencies_ms", [])])  # type: ignore[union-attr]
     row["latency_p50_ms"] = round(float(np.percentile(latencies, 50)), 1) if len(latencies) else None
     row["latency_p99_ms"] = round(float(np.percentile(latencies, 99)), 1) if len(latencies) else None
+    startups = [r.get("startup_s") for r in rows if r["streams"]]
+    row["startup_s"] = None if any(x is None for x in startups) else max(startups, default=0.0)  # type: ignore[type-var]
+    row["not_streaming_at_warmup"] = sum(int(r.get("not_streaming_at_warmup") or 0) for r in rows)  # type: ignore[call-overload]
     row["gpu_mem_peak_gib"] = max(float(r["gpu_mem_peak_gib"] or 0) for r in rows)  # type: ignore[arg-type]
     row["falls_behind"] = any(bool(r.get("falls_behind")) for r in rows)
     row["processes"] = [{k: v for k, v in r.items() if k != "latencies_ms"} for r in rows]
@@ -92,14 +95,14 @@ def main() -> int:
         return 1
     steps = zip(*(r["rows"] for r in results), strict=False)  # type: ignore[index]  # one that fell behind stops early (no --keep-going)
     rows = []
-    print(f"{'N':>5} {'samples/s':>16} {'drops':>7} {'p50 ms':>7} {'p99 ms':>7} {'gpu %':>6} {'nvdec %':>7} {'cores':>6}  per process (streams: p99)")
+    print(f"{'N':>5} {'start s':>7} {'samples/s':>16} {'drops':>7} {'p50 ms':>7} {'p99 ms':>7} {'gpu %':>6} {'nvdec %':>7} {'cores':>6}  per process (streams: p99)")
     for total, step in zip(_totals(passed), steps, strict=False):
         row = pooled(list(step))
         row["streams_total"] = total
         rows.append(row)
         each = ", ".join(f"{r['streams']}: {r['latency_p99_ms']}" for r in step)
         print(
-            f"{total:5d} {row['samples_per_s']:8.1f}/{row['expected_samples_per_s']:<7.0f} {row['engine_dropped'] + row['source_dropped']:7.0f} "  # type: ignore[operator]
+            f"{total:5d} {row['startup_s']!s:>7} {row['samples_per_s']:8.1f}/{row['expected_samples_per_s']:<7.0f} {row['engine_dropped'] + row['source_dropped']:7.0f} "  # type: ignore[operator]
             f"{row['latency_p50_ms']!s:>7} {row['latency_p99_ms']!s:>7} {row['gpu_util_pct']!s:>6} {row['nvdec_util_pct']!s:>7} {row['cpu_cores_busy']!s:>6}  {each}"
             f"{'  BEHIND' if row['falls_behind'] else ''}",
             flush=True,

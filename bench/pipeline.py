@@ -51,7 +51,7 @@ from stream.mps import start_mps  # noqa: E402
 from stream.outputs.publisher import NullPublisher  # noqa: E402
 from stream.pipeline import StreamPipeline  # noqa: E402
 from stream.sharding import ShardSpec  # noqa: E402
-from stream.sources.base import FrameSource  # noqa: E402
+from stream.sources.base import FrameSource, StreamState  # noqa: E402
 from stream.sources.config import NVDEC  # noqa: E402
 from stream.sources.factory import open_source  # noqa: E402
 from stream.sources.workers import close_pools, default_workers  # noqa: E402
@@ -332,6 +332,22 @@ def barrier(directory: Path | None, shard: str | None) -> None:
 BARRIER_STEPS = [0]
 
 
+async def until_streaming(sources: list[FrameSource], timeout_s: float) -> tuple[float | None, int]:
+    """Seconds until every source is streaming (None past ``timeout_s``), and how many were not by then.
+
+    Start-up (connecting, NVDEC sessions, the start turns) is its own figure; the warm-up and the
+    measured window come after it, so a slow start does not read as a steady-state shortfall.
+    """
+    started = time.perf_counter()
+    while True:
+        waiting = sum(1 for s in sources if s.state != StreamState.STREAMING)
+        if waiting == 0:
+            return round(time.perf_counter() - started, 1), 0
+        if time.perf_counter() - started > timeout_s:
+            return None, waiting
+        await asyncio.sleep(0.2)
+
+
 async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | EnginePool) -> dict[str, object]:
     pipelines: list[StreamPipeline] = []
     sources: list[FrameSource] = []
@@ -348,6 +364,8 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         sources.append(source)
         pipelines.append(StreamPipeline(cfg.name, source, engine, NullPublisher(), window, alerts))
     tasks = [asyncio.create_task(p.run()) for p in pipelines]
+    startup_s, not_streaming = await until_streaming(sources, args.startup_timeout)
+    await asyncio.to_thread(barrier, args.barrier, args.shard)  # every GPU's process measures from the same moment
     await asyncio.sleep(args.warmup)
     stats0 = dataclasses.replace(engine.stats)  # a copy: an engine's stats object keeps counting
     frames0, faces0 = stats0.frames, stats0.faces
@@ -379,6 +397,8 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         "shard": args.shard,
         "streams": len(kept),
         "expected_samples_per_s": len(kept) * args.sample_fps,
+        "startup_s": startup_s,  # until every stream decoded its first picture (None: not within --startup-timeout)
+        "not_streaming_at_warmup": not_streaming,
         "samples_per_s": round(frames / seconds, 2),
         "faces_per_s": round((engine.stats.faces - faces0) / seconds, 2),
         "engine_dropped": sum(engine.stats.dropped.values()) - eng_drop0,
@@ -528,6 +548,7 @@ def _live_rows(args: argparse.Namespace, engine: InferenceEngine | EnginePool | 
                 row["part"] = "sources"
             rows.append(row)
             kept_note = f" kept {row['streams']}" if args.shard else ""
+            waiting_note = f" ({row['not_streaming_at_warmup']} not streaming)" if row["not_streaming_at_warmup"] else ""
             if args.partial_out is not None:  # a run cut short still leaves its rows
                 args.partial_out.write_text(json.dumps(rows, indent=1))
             print(
@@ -537,7 +558,8 @@ def _live_rows(args: argparse.Namespace, engine: InferenceEngine | EnginePool | 
                 f"faces/s {row['faces_per_s']:7.1f} drops {row['engine_dropped']}+{row['source_dropped']} p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']} ms "
                 f"batch {row['mean_batch_frames']} detect {row['detect_busy']} classify {row['classify_busy']} "
                 f"decode {row['decode_fps_per_stream']} fps gpu {row['gpu_util_pct']}% nvdec {row['nvdec_util_pct']}% cpu {row['cpu_cores_busy']} cores "
-                f"(analyzer {row['analyzer_cores_busy']}) mem {row['gpu_mem_peak_gib']} GiB {row['decoders_used']}{'  BEHIND' if behind else ''}",
+                f"(analyzer {row['analyzer_cores_busy']}) mem {row['gpu_mem_peak_gib']} GiB {row['decoders_used']} start-up {row['startup_s']} s{waiting_note}"
+                f"{'  BEHIND' if behind else ''}",
                 flush=True,
             )
             if behind and not args.keep_going:
@@ -576,6 +598,7 @@ def main() -> int:
     parser.add_argument("--no-graphs", action="store_true", help="live: no CUDA graphs (eager classifier and P-Net pyramid)")
     parser.add_argument("--switch-interval-ms", type=float, default=None, help="the interpreter's GIL switch interval (sys.setswitchinterval); default Python's 5 ms")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
+    parser.add_argument("--startup-timeout", type=float, default=90.0, help="live: the most seconds to wait for every stream to stream before the warm-up")
     parser.add_argument("--shard", default=None, metavar="INDEX/COUNT", help="live: only the streams s<i> this shard owns (the service's rendezvous split)")
     parser.add_argument("--barrier", type=Path, default=None, help="live: wait for bench/per_gpu.py's go in this directory before each row")
     parser.add_argument("--keep-latencies", action="store_true", help="live: every sample's latency in the rows (for bench/per_gpu.py)")
