@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.cli import main as cli_main
 from stream.config import parse_config
 from stream.config_merge import load_configs
-from stream.launcher import EXIT_FATAL, GpuProcess, Launcher, LaunchError, cli_command, plan_processes, visible_entries
+from stream.launcher import EXIT_FATAL, ChildCommand, GpuProcess, Launcher, LaunchError, cli_command, plan_processes, visible_entries
 from stream.logs import LOG_TAG_ENV, setup_logging
 from stream.sharding import assignment
 from stream.web.config import HttpConfig
@@ -198,7 +199,8 @@ while True:
 """
 
 
-def stand_ins(tmp_path: Path, behaviours: list[str]) -> tuple[list[GpuProcess], object]:
+def stand_ins(tmp_path: Path, behaviours: list[str]) -> tuple[list[GpuProcess], ChildCommand]:
+    """A stand-in child per behaviour: it records what it was given, then exits, crashes, waits or ignores SIGTERM as told."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     processes = [GpuProcess(i, str(i + 4), f"gpu{i}", {"sharding": {"index": i, "count": len(behaviours)}}) for i in range(len(behaviours))]
@@ -214,7 +216,7 @@ def started_runs(tmp_path: Path, index: int) -> list[dict[str, object]]:
     return [json.loads(p.read_text()) for p in sorted(tmp_path.glob(f"child{index}.*.json"))]
 
 
-async def wait_for(condition, timeout_s: float, what: str) -> None:
+async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
