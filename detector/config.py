@@ -145,7 +145,7 @@ class EngineConfig(StrictModel):
     process_per_gpu: bool = Field(
         False,
         description="several GPUs: `deepfake-stream run` starts one analyzer process per GPU (stream/launcher.py), each "
-        "watching its rendezvous share of the streams, with its HTTP on http.port + 1 + its index and MQTT instance gpu<index>; "
+        "watching its share of the streams (an even split by sample rate), with its HTTP on http.port + 1 + its index and MQTT instance gpu<index>; "
         "http.port answers /health for all of them. One process for two GPUs is held back by its one GIL (1.68x one GPU's "
         "streams); a process each held 1.82x in one run of three",
     )

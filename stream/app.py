@@ -90,8 +90,8 @@ class App:
         if cfg.http.enabled:
             self.http = HttpServer(cfg.http, self._web_app(self.service, self.publisher, self.metrics))
             await self.http.start()
-        await asyncio.to_thread(prepare_demo_media, [s for s in cfg.streams if shard.spec.owns(s.name)])  # a `demo:` clip is built off the loop
-        self.service.start_configured(shard.spec.owns)
+        await asyncio.to_thread(prepare_demo_media, [s for s in cfg.streams if shard.owns(s.name)])  # a `demo:` clip is built off the loop
+        self.service.start_configured(shard.owns)
         return self.service
 
     def _load_engine(self) -> Engine:

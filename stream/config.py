@@ -69,7 +69,8 @@ class AppConfig(StrictModel):
 
     def shard_plan(self, environ: Mapping[str, str] | None = None) -> ShardPlan:
         """This replica's share of the enabled streams (``sharding``, else the environment); ShardingError when it cannot work."""
-        return self.sharding.plan([s.name for s in self.streams if s.enabled], environ)
+        enabled = [s for s in self.streams if s.enabled]
+        return self.sharding.plan([s.name for s in enabled], environ, costs={s.name: s.sample_fps for s in enabled})
 
     @field_validator("streams")
     @classmethod

@@ -8,7 +8,7 @@ The launcher is a small supervisor with no CUDA context of its own. It starts th
 (``engine.mps``) once, so every child and its decoder workers share it, then runs
 ``deepfake-stream run`` once per GPU with that GPU alone visible (``CUDA_VISIBLE_DEVICES``) and a
 config overlay: ``engine.devices: [cuda:0]``, shard ``index`` of ``count`` (the children split the
-stream list by rendezvous hashing, as replicas on several boxes do, ``stream/sharding.py``), MQTT
+stream list evenly by sample rate, each working out the same split, ``stream/sharding.py``), MQTT
 instance ``gpu<index>`` and ``http.port`` + 1 + index. The launcher keeps ``http.port`` for a
 ``/health`` of the whole box (``stream/web/launcher_routes.py``). A child that dies is started again
 after a backoff; one that exits 2 (a config, checkpoint or MPS error, which a restart cannot mend)
@@ -104,7 +104,7 @@ def plan_processes(cfg: AppConfig, shard: ShardPlan, visible: Sequence[str], mps
         instance = f"{cfg.sharding.instance}-gpu{index}" if cfg.sharding.instance else f"gpu{index}"
         overlay: dict[str, Any] = {
             "engine": {"devices": ["cuda:0"], "process_per_gpu": False, "mps": mps_mode},
-            "sharding": {"index": index, "count": count, "instance": instance},
+            "sharding": {"index": index, "count": count, "instance": instance, "placement": "balanced"},
         }
         port = None
         if cfg.http.enabled:  # http.port 0: a free port each, found now, so the launcher's /health knows where to ask

@@ -36,6 +36,7 @@ INSTANCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # one MQTT topic level and a
 _ORDINAL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?-(?P<ordinal>0|[1-9][0-9]*)$", re.IGNORECASE)
 
 Source = Literal["config", "environment", "pod-ordinal", "default"]
+Placement = Literal["rendezvous", "balanced"]
 
 
 class ShardingError(ValueError):
@@ -67,6 +68,28 @@ def assignment(names: Iterable[str], count: int) -> dict[int, list[str]]:
     for name in names:
         shards[owner(name, count)].append(name)
     return shards
+
+
+def balanced_assignment(names: Iterable[str], count: int, costs: Mapping[str, float] | None = None) -> dict[str, int]:
+    """stream -> shard, every shard's load as even as the streams allow: heaviest first, each to the least loaded shard.
+
+    A stream's load is its ``costs`` entry (the service passes its ``sample_fps``), 1 without one.
+    Ties go to the shard with the larger rendezvous weight for that stream, so the split is the
+    same in every process that reads the same list, with no coordinator. Unlike rendezvous hashing
+    alone, adding or removing a stream may move others: meant for the per-GPU processes of one
+    box (``stream/launcher.py``), which all restart together.
+    """
+    _check_count(count, "shard count")
+    costs = costs or {}
+    loads = [0.0] * count
+    sizes = [0] * count
+    placed: dict[str, int] = {}
+    for name in sorted(set(names), key=lambda n: (-costs.get(n, 1.0), n)):
+        shard = min(range(count), key=lambda s: (loads[s], sizes[s], -shard_weight(name, s)))
+        placed[name] = shard
+        loads[shard] += costs.get(name, 1.0)
+        sizes[shard] += 1
+    return placed
 
 
 def pod_ordinal(pod_name: str) -> int | None:
@@ -201,6 +224,16 @@ class ShardingConfig(BaseModel):
         ),
     )
 
+    placement: Placement = Field(
+        default="rendezvous",
+        description=(
+            "How streams are split: rendezvous (each stream's owner from its name alone: adding a replica moves only the streams "
+            "the new one wins; counts per replica vary by chance, e.g. 147/153 of 300) or balanced (each replica works out the "
+            "same even split of the whole list by the streams' sample_fps, at most one stream apart for equal rates; adding a "
+            "stream may move others). engine.process_per_gpu uses balanced for its processes."
+        ),
+    )
+
     @model_validator(mode="after")
     def _index_below_count(self) -> ShardingConfig:
         if self.index is not None and self.count is not None and self.index >= self.count:
@@ -211,10 +244,11 @@ class ShardingConfig(BaseModel):
         """This replica's ShardSpec: these values first, then the environment (see ``resolve_shard``)."""
         return resolve_shard(self.index, self.count, self.instance, environ)
 
-    def plan(self, streams: Iterable[str], environ: Mapping[str, str] | None = None) -> ShardPlan:
-        """Which of ``streams`` (the enabled configured names) this replica watches, and whether it is a named instance."""
+    def plan(self, streams: Iterable[str], environ: Mapping[str, str] | None = None, costs: Mapping[str, float] | None = None) -> ShardPlan:
+        """Which of ``streams`` (the enabled configured names; ``costs``: their loads for ``balanced``) this replica
+        watches, and whether it is a named instance."""
         spec = self.resolve(environ)
-        return ShardPlan.of(spec, streams, named=spec.sharded or self.instance is not None)
+        return ShardPlan.of(spec, streams, named=spec.sharded or self.instance is not None, placement=self.placement, costs=costs)
 
 
 @dataclass(frozen=True)
@@ -231,12 +265,27 @@ class ShardPlan:
     named: bool
     kept: tuple[str, ...]  # enabled configured streams this shard watches, in config order
     skipped: tuple[str, ...]  # enabled configured streams other shards watch
+    placement: Placement = "rendezvous"
 
     @classmethod
-    def of(cls, spec: ShardSpec, streams: Iterable[str], *, named: bool) -> ShardPlan:
+    def of(
+        cls, spec: ShardSpec, streams: Iterable[str], *, named: bool, placement: Placement = "rendezvous", costs: Mapping[str, float] | None = None
+    ) -> ShardPlan:
         names = list(streams)
-        kept = tuple(spec.select(names))
-        return cls(spec, named, kept, tuple(name for name in names if not spec.owns(name)))
+        if placement == "balanced" and spec.sharded:
+            split = balanced_assignment(names, spec.count, costs)
+            mine = [split[name] == spec.index for name in names]
+        else:
+            mine = [spec.owns(name) for name in names]
+        kept = tuple(name for name, ours in zip(names, mine, strict=True) if ours)
+        return cls(spec, named, kept, tuple(name for name, ours in zip(names, mine, strict=True) if not ours), placement)
+
+    def owns(self, stream: str) -> bool:
+        """Whether this replica watches ``stream``: as planned for the enabled configured ones, by its name for any other
+        (a disabled one, logged as such by its owner)."""
+        if stream in self.kept:
+            return True
+        return False if stream in self.skipped else self.spec.owns(stream)
 
     @property
     def instance(self) -> str | None:
@@ -252,6 +301,7 @@ class ShardPlan:
         """One start-up log line: the shard and how much of the list it keeps."""
         total = len(self.kept) + len(self.skipped)
         line = f"{self.spec.describe()}: watching {len(self.kept)} of {total} configured stream(s), {len(self.skipped)} left to other shards"
+        line += " (balanced split)" if self.placement == "balanced" and self.spec.sharded else ""
         return line + (" (this shard owns none: idle, and /health counts it ready)" if self.empty else "")
 
 

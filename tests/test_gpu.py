@@ -231,11 +231,12 @@ def test_process_per_gpu_puts_an_analyzer_on_each_gpu(checkpoint, astronaut_clip
 
     import yaml
 
-    from stream.sharding import assignment
+    from stream.sharding import balanced_assignment
     from tests.fixtures.media import TEST_ENCODER
 
     names = [f"cam-{i}" for i in range(6)]
-    split = assignment(names, 2)
+    placed = balanced_assignment(names, 2, {name: 2.0 for name in names})
+    split = {index: [name for name in names if placed[name] == index] for index in (0, 1)}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "detector": {"weights_dir": str(checkpoint.parent), "weights": [checkpoint.name], "encoder": TEST_ENCODER, "device": "cuda", "input_size": 128},

@@ -29,7 +29,7 @@ from stream.config import parse_config
 from stream.config_merge import load_configs
 from stream.launcher import EXIT_FATAL, ChildCommand, GpuProcess, Launcher, LaunchError, cli_command, plan_processes, visible_entries
 from stream.logs import LOG_TAG_ENV, setup_logging
-from stream.sharding import assignment
+from stream.sharding import balanced_assignment
 from stream.web.config import HttpConfig
 from stream.web.server import HttpBindError
 from tests.fixtures.media import TEST_ENCODER, astronaut_video
@@ -58,7 +58,7 @@ def test_each_process_gets_one_gpu_its_shard_an_instance_and_a_port() -> None:
     assert [(p.index, p.visible, p.instance) for p in processes] == [(0, "2", "gpu0"), (1, "3", "gpu1")]
     assert processes[1].overlay == {
         "engine": {"devices": ["cuda:0"], "process_per_gpu": False, "mps": "auto"},
-        "sharding": {"index": 1, "count": 2, "instance": "gpu1"},
+        "sharding": {"index": 1, "count": 2, "instance": "gpu1", "placement": "balanced"},
         "http": {"port": 9002},
     }
     assert [p.port for p in processes] == [9001, 9002]  # 9000 is the launcher's /health
@@ -82,7 +82,10 @@ def test_a_child_overlay_merges_into_a_valid_config(tmp_path: Path) -> None:
         plan = child.shard_plan({})
         assert child.engine.devices == ["cuda:0"] and not child.engine.process_per_gpu and child.http.port == 8081 + process.index
         assert (plan.spec.index, plan.spec.count, plan.spec.instance) == (process.index, 2, f"gpu{process.index}")
-        assert list(plan.kept) == assignment([f"cam-{i}" for i in range(6)], 2)[process.index]
+        names = [f"cam-{i}" for i in range(6)]
+        split = balanced_assignment(names, 2)
+        assert plan.placement == "balanced" and list(plan.kept) == [name for name in names if split[name] == process.index]
+        assert len(plan.kept) == 3  # an even split, whatever the names hash to
 
 
 def test_a_sharded_box_or_ports_past_65535_are_refused() -> None:
@@ -351,8 +354,9 @@ async def test_two_analyzer_processes_split_the_streams_and_a_killed_one_comes_b
     """The shipped child command, CPU overlays in place of ``cuda:0``: each stream is scored by the process that owns it,
     each process answers on its own port, a SIGKILLed one is started again and scores its streams again."""
     names = ["cam-a", "cam-b", "cam-c", "cam-d"]
-    split = assignment(names, 2)
-    assert split[0] and split[1]  # the premise: both processes own a stream
+    placed = balanced_assignment(names, 2, {name: 1.0 for name in names})
+    split = {index: [name for name in names if placed[name] == index] for index in (0, 1)}
+    assert len(split[0]) == len(split[1]) == 2  # the balanced split: two each
     clip = astronaut_video(tmp_path / "clip.mp4", seconds=2.0, fps=5, height=180)
     port = free_ports(3)
     config = tmp_path / "config.yaml"

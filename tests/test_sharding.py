@@ -19,6 +19,7 @@ from stream.sharding import (
     ShardPlan,
     ShardSpec,
     assignment,
+    balanced_assignment,
     owner,
     pod_ordinal,
     resolve_shard,
@@ -203,3 +204,40 @@ def test_plan_keeps_this_shards_streams_and_says_whether_the_replica_is_named() 
 def test_instance_must_be_one_topic_level(bad: str) -> None:
     with pytest.raises(ValidationError, match="instance"):
         ShardingConfig(instance=bad)
+
+
+# ------------------------------------------------------------ balanced placement
+
+
+def test_balanced_placement_is_even_where_rendezvous_is_not() -> None:
+    """Six cameras on two GPUs: rendezvous hashing may well put four or five on one; balanced puts three on each."""
+    names = [f"cam-{i}" for i in range(6)]
+    placed = balanced_assignment(names, 2)
+    assert sorted(list(placed.values()).count(shard) for shard in (0, 1)) == [3, 3]
+    for count in (2, 3, 7):  # any list: at most one stream apart
+        sizes = [list(balanced_assignment(NAMES[:301], count).values()).count(shard) for shard in range(count)]
+        assert max(sizes) - min(sizes) <= 1, sizes
+    uneven = [len(v) for v in assignment(NAMES[:300], 2).values()]
+    assert uneven[0] != uneven[1]  # the premise: rendezvous alone splits 300 unevenly
+
+
+def test_balanced_placement_weighs_the_sample_rate_and_is_the_same_everywhere() -> None:
+    costs = {"fast": 10.0, "a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0, "e": 1.0}
+    placed = balanced_assignment(costs, 2, costs)
+    loads = [sum(costs[name] for name, shard in placed.items() if shard == s) for s in (0, 1)]
+    assert sorted(loads) == [5.0, 10.0]  # the heavy stream alone on one shard, the five light ones on the other
+    assert balanced_assignment(reversed(list(costs)), 2, costs) == placed  # the order of the list does not matter
+    script = "from stream.sharding import balanced_assignment; print(sorted(balanced_assignment([f'cam-{i}' for i in range(50)], 3).items()))"
+    runs = {subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}
+    assert len(runs) == 1  # no salted hash: every process works out the same split
+
+
+def test_a_balanced_plan_keeps_its_share_in_config_order() -> None:
+    names = ["lobby", "gate", "dock", "yard"]
+    plans = [ShardingConfig(index=i, count=2, placement="balanced").plan(names, environ={}) for i in (0, 1)]
+    assert sorted(plans[0].kept + plans[1].kept) == sorted(names) and len(plans[0].kept) == len(plans[1].kept) == 2
+    assert all(list(plan.kept) == [n for n in names if n in plan.kept] for plan in plans)
+    assert "(balanced split)" in plans[0].describe()
+    assert plans[0].owns(plans[0].kept[0]) and not plans[0].owns(plans[1].kept[0])
+    lone = ShardingConfig(placement="balanced").plan(names, environ={})
+    assert lone.kept == tuple(names) and "balanced" not in lone.describe()  # one shard: nothing to split
