@@ -1,7 +1,7 @@
 """Live capacity of one analyzer process per GPU (``engine.process_per_gpu``), measured as the service runs it.
 
 Starts the MPS daemon once (as ``stream/launcher.py`` does), then one ``bench/pipeline.py --parts live``
-process per GPU with that GPU alone visible and ``--shard i/N`` (the service's rendezvous split of the
+process per GPU with that GPU alone visible and ``--shard i/N`` (the launcher's balanced split of the
 streams ``s0..s<N-1>``). A barrier makes every process start each row's streams at the same moment, so
 their measurement windows coincide. The rows are pooled: samples/s, faces/s and drops summed,
 p50/p99 over every process's latencies, the analyzer processes' CPU summed; each process's own row is

@@ -50,7 +50,7 @@ from stream.config import AlertConfig, StreamConfig, WindowConfig  # noqa: E402
 from stream.mps import start_mps  # noqa: E402
 from stream.outputs.publisher import NullPublisher  # noqa: E402
 from stream.pipeline import StreamPipeline  # noqa: E402
-from stream.sharding import ShardSpec  # noqa: E402
+from stream.sharding import balanced_assignment  # noqa: E402
 from stream.sources.base import FrameSource, StreamState  # noqa: E402
 from stream.sources.config import NVDEC  # noqa: E402
 from stream.sources.factory import open_source  # noqa: E402
@@ -310,12 +310,13 @@ def repeated_clip(clip: Path, times: int, out_dir: Path) -> Path:
 
 
 def shard_indices(n: int, shard: str | None) -> list[int]:
-    """The stream numbers ``s<i>`` of ``n`` that ``--shard INDEX/COUNT`` keeps (the service's rendezvous split), all without it."""
+    """The stream numbers ``s<i>`` of ``n`` that ``--shard INDEX/COUNT`` keeps, all without it: the per-GPU launcher's
+    balanced split (the eighth session's runs 47-49 used the rendezvous split, e.g. 147 + 153 of 300)."""
     if shard is None:
         return list(range(n))
     index, count = (int(x) for x in shard.split("/"))
-    spec = ShardSpec(index=index, count=count)
-    return [i for i in range(n) if spec.owns(f"s{i}")]
+    placed = balanced_assignment([f"s{i}" for i in range(n)], count)
+    return [i for i in range(n) if placed[f"s{i}"] == index]
 
 
 def barrier(directory: Path | None, shard: str | None) -> None:
