@@ -34,6 +34,7 @@ from rich.text import Text
 from stream.config import AppConfig, StreamConfig
 from stream.outputs.publisher import Publisher
 from stream.sources.base import StreamState
+from stream.web.server import free_port
 
 if TYPE_CHECKING:  # the demo's heavy parts (torch through the engine) load when it runs, not when it is imported
     from detector.engine_pool import Engine
@@ -131,12 +132,6 @@ def choose_broker(cfg: AppConfig, config_given: bool, requested: BrokerChoice | 
         return "config", f"configured broker {cfg.mqtt.host}:{cfg.mqtt.port} answers"
     log.warning("configured MQTT broker %s:%d does not answer; using an embedded broker instead", cfg.mqtt.host, cfg.mqtt.port)
     return "embedded", "configured broker unreachable"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_free(host: str, port: int) -> bool:

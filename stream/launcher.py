@@ -25,7 +25,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from stream.logs import LOG_TAG_ENV
 from stream.sharding import ShardPlan
 from stream.web import launcher_routes
 from stream.web.config import HttpConfig
-from stream.web.server import HttpBindError, HttpServer
+from stream.web.server import HttpBindError, HttpServer, free_port
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +107,10 @@ def plan_processes(cfg: AppConfig, shard: ShardPlan, visible: Sequence[str], mps
         }
         port = None
         if cfg.http.enabled:  # http.port 0: a free port each, found now, so the launcher's /health knows where to ask
-            port = cfg.http.port + 1 + index if cfg.http.port else _free_port(cfg.http.host)
+            port = cfg.http.port + 1 + index if cfg.http.port else free_port(cfg.http.host)
             overlay["http"] = {"port": port}
         processes.append(GpuProcess(index, entry, instance, overlay, port))
     return processes
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 ChildCommand = Callable[[GpuProcess, Path, float | None], list[str]]

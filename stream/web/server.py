@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from aiohttp import web
 
 from stream.web.config import HttpConfig
 
 log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at ``host`` now (the OS's pick), for a server started a moment later."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 class HttpBindError(RuntimeError):
