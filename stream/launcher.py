@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -87,17 +86,22 @@ def visible_entries(devices: Sequence[str], environ: Mapping[str, str]) -> list[
     return visible
 
 
-def plan_processes(cfg: AppConfig, shard: ShardPlan, visible: Sequence[str], mps_mode: str) -> list[GpuProcess]:
-    """A child per GPU in ``visible``; LaunchError when this box is itself one shard of several (give each replica a
-    GPU instead) or the HTTP ports would run past 65535."""
+def check_launchable(cfg: AppConfig, shard: ShardPlan, count: int) -> None:
+    """LaunchError when ``count`` processes cannot work here: this box is itself one shard of several (give each replica
+    a GPU instead), or the HTTP ports would run past 65535."""
     if shard.spec.sharded:
         raise LaunchError(
             f"engine.process_per_gpu splits this box's streams over its GPUs, so the box cannot also be {shard.spec.describe()}: "
             f"run one replica per GPU instead, or leave sharding unset"
         )
-    count = len(visible)
     if cfg.http.enabled and cfg.http.port and cfg.http.port + count > 65535:
         raise LaunchError(f"http.port {cfg.http.port} + {count} (the launcher's, then one port per GPU) is beyond 65535")
+
+
+def plan_processes(cfg: AppConfig, shard: ShardPlan, visible: Sequence[str], mps_mode: str) -> list[GpuProcess]:
+    """A child per GPU in ``visible``, each with ``engine.mps: mps_mode``; LaunchError as ``check_launchable``."""
+    count = len(visible)
+    check_launchable(cfg, shard, count)
     processes = []
     for index, entry in enumerate(visible):
         instance = f"{cfg.sharding.instance}-gpu{index}" if cfg.sharding.instance else f"gpu{index}"
@@ -287,13 +291,14 @@ def run_per_gpu(cfg: AppConfig, shard: ShardPlan, command: ChildCommand, duratio
         log.info("engine.process_per_gpu: %s, so one analyzer process", f"one GPU ({gpus[0]})" if gpus else "no GPU", extra={"event": "launcher"})
         return None
     try:
-        processes = plan_processes(cfg, shard, visible_entries(gpus, os.environ), cfg.engine.mps)
+        visible = visible_entries(gpus, os.environ)
+        check_launchable(cfg, shard, len(visible))  # before the daemon: nothing to undo when the settings cannot work
         mps = start_mps(cfg.engine.mps, cuda_wanted=True)
     except (LaunchError, MpsError) as exc:
         log.error("%s", exc)
         return EXIT_FATAL
-    if mps is None and cfg.engine.mps == "auto":  # the reason is logged once here, not again by every child
-        processes = [dataclasses.replace(p, overlay={**p.overlay, "engine": {**p.overlay["engine"], "mps": "off"}}) for p in processes]
+    # without a daemon in auto mode the reason was logged once here; the children do not try again
+    processes = plan_processes(cfg, shard, visible, "off" if mps is None and cfg.engine.mps == "auto" else cfg.engine.mps)
     log.info("engine.process_per_gpu: %d analyzer processes, one per GPU", len(processes), extra={"event": "launcher"})
     launcher = Launcher(processes, command, http=cfg.http if cfg.http.enabled else None)
     try:

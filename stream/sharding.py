@@ -274,11 +274,11 @@ class ShardPlan:
         names = list(streams)
         if placement == "balanced" and spec.sharded:
             split = balanced_assignment(names, spec.count, costs)
-            mine = [split[name] == spec.index for name in names]
+            kept = tuple(name for name in names if split[name] == spec.index)
         else:
-            mine = [spec.owns(name) for name in names]
-        kept = tuple(name for name, ours in zip(names, mine, strict=True) if ours)
-        return cls(spec, named, kept, tuple(name for name, ours in zip(names, mine, strict=True) if not ours), placement)
+            kept = tuple(spec.select(names))
+        mine = set(kept)
+        return cls(spec, named, kept, tuple(name for name in names if name not in mine), placement)
 
     def owns(self, stream: str) -> bool:
         """Whether this replica watches ``stream``: as planned for the enabled configured ones, by its name for any other
