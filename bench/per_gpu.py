@@ -96,8 +96,9 @@ def main() -> int:
     steps = zip(*(r["rows"] for r in results), strict=False)  # type: ignore[index]  # one that fell behind stops early (no --keep-going)
     rows = []
     print(f"{'N':>5} {'start s':>7} {'samples/s':>16} {'drops':>7} {'p50 ms':>7} {'p99 ms':>7} {'gpu %':>6} {'nvdec %':>7} {'cores':>6}  per process (streams: p99)")
-    for total, step in zip(_totals(passed), steps, strict=False):
+    for step in steps:
         row = pooled(list(step))
+        total = int(step[0]["streams_total"])  # type: ignore[call-overload]
         row["streams_total"] = total
         rows.append(row)
         each = ", ".join(f"{r['streams']}: {r['latency_p99_ms']}" for r in step)
@@ -112,18 +113,6 @@ def main() -> int:
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
     return 0
-
-
-def _totals(passed: list[str]) -> list[int]:
-    """The ``--streams`` values handed to every process, in row order."""
-    if "--streams" not in passed:
-        return [1, 8, 32, 64, 128, 192, 256]
-    values = []
-    for token in passed[passed.index("--streams") + 1 :]:
-        if token.startswith("--"):
-            break
-        values.append(int(token))
-    return values
 
 
 if __name__ == "__main__":

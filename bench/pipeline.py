@@ -396,6 +396,7 @@ async def live_once(n: int, args: argparse.Namespace, engine: InferenceEngine | 
         "models": args.live_models,
         "gpus": args.gpus,
         "shard": args.shard,
+        "streams_total": n,
         "streams": len(kept),
         "expected_samples_per_s": len(kept) * args.sample_fps,
         "startup_s": startup_s,  # until every stream decoded its first picture (None: not within --startup-timeout)
@@ -600,7 +601,7 @@ def main() -> int:
     parser.add_argument("--switch-interval-ms", type=float, default=None, help="the interpreter's GIL switch interval (sys.setswitchinterval); default Python's 5 ms")
     parser.add_argument("--partial-out", type=Path, default=None, help="live rows written here after each one")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="live: the most seconds to wait for every stream to stream before the warm-up")
-    parser.add_argument("--shard", default=None, metavar="INDEX/COUNT", help="live: only the streams s<i> this shard owns (the service's rendezvous split)")
+    parser.add_argument("--shard", default=None, metavar="INDEX/COUNT", help="live: only the streams s<i> this shard owns (the per-GPU launcher's balanced split)")
     parser.add_argument("--barrier", type=Path, default=None, help="live: wait for bench/per_gpu.py's go in this directory before each row")
     parser.add_argument("--keep-latencies", action="store_true", help="live: every sample's latency in the rows (for bench/per_gpu.py)")
     parser.add_argument("--mps", choices=["auto", "on", "off"], default=EngineConfig().mps, help="engine.mps: this process and its decoder workers under a private CUDA MPS daemon")
