@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from stream.config import MqttConfig, TlsConfig
 from stream.outputs.mqtt import MqttPublisher
 from stream.outputs.publisher import NullPublisher
-from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, make_tls_files
+from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, make_tls_files, retained_message
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,9 +68,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: 
 
 async def retained(broker: MosquittoBroker, topic: str, timeout: float = 3.0) -> bytes:
     """What a consumer connecting now gets as the retained value of ``topic``."""
-    async with collect_messages(broker.host, broker.port, [topic]) as late:
-        await late.wait_for(lambda msgs: any(m.retain for m in msgs), timeout, f"a retained message on {topic}")
-        return next(m.payload for m in late.messages if m.retain)
+    return (await retained_message(broker.host, broker.port, topic, timeout)).payload
 
 
 async def retained_or_none(broker: MosquittoBroker, topic: str, wait_s: float = 0.3) -> bytes | None:

@@ -8,7 +8,6 @@ embedded broker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from stream.logs import JsonFormatter
 from stream.service import StreamService
 from stream.sources.base import StreamState
 from tests.fixtures.media import TEST_ENCODER
-from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, free_port
+from tests.fixtures.mqtt import MosquittoBroker, MqttCollector, collect_messages, free_port, retained_message
 from tests.test_service import service_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -377,16 +376,8 @@ async def test_home_assistant_discovery_configs(make_mqtt_broker: Callable[..., 
 
 async def retained_json(broker: MosquittoBroker, topic: str, timeout_s: float = 20) -> tuple[dict[str, Any], int]:
     """(payload, qos) of the retained message a subscriber arriving now gets on ``topic``; polls while the broker has none."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        async with collect_messages(broker.host, broker.port, [topic]) as late:
-            with contextlib.suppress(AssertionError):
-                await late.wait_for(lambda msgs: any(m.retain for m in msgs), 0.5, f"a retained message on {topic}")
-            found = [m for m in late.messages if m.retain]
-        if found:
-            return found[-1].json(), found[-1].qos
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no retained message on {topic} within {timeout_s} s")
+    message = await retained_message(broker.host, broker.port, topic, timeout_s)
+    return message.json(), message.qos
 
 
 async def test_retained_alert_state_for_late_subscribers_and_after_a_broker_restart(
