@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.mps import start_mps  # noqa: E402
+from stream.mps import mode_for_children, start_mps  # noqa: E402
 
 SUMMED = ("streams", "expected_samples_per_s", "samples_per_s", "faces_per_s", "engine_dropped", "source_dropped", "analyzer_cores_busy")
 # GPU and NVDEC %: each process reports its own card (bench/pipeline.py's Utilisation), so the mean is the cards' mean;
@@ -81,7 +81,7 @@ def main() -> int:
             procs = []
             for i in range(args.gpus):
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}
-                command = [sys.executable, str(ROOT / "bench" / "pipeline.py"), *passed, "--parts", "live", "--gpus", "1", "--mps", "auto",
+                command = [sys.executable, str(ROOT / "bench" / "pipeline.py"), *passed, "--parts", "live", "--gpus", "1", "--mps", mode_for_children(args.mps, mps),
                            "--shard", f"{i}/{args.gpus}", "--barrier", str(work), "--keep-latencies", "--out", str(work / f"gpu{i}.json")]  # fmt: skip
                 procs.append(subprocess.Popen(command, env=env))
             release(work, procs)

@@ -278,7 +278,7 @@ def run_per_gpu(cfg: AppConfig, shard: ShardPlan, command: ChildCommand, duratio
     from detector.build import engine_devices
     from detector.devices import resolve_device
     from detector.errors import DeviceError
-    from stream.mps import MpsError, start_mps
+    from stream.mps import MpsError, mode_for_children, start_mps
 
     gpus = [d for d in engine_devices(cfg.detector, cfg.engine) if d.startswith("cuda")]
     try:
@@ -297,8 +297,7 @@ def run_per_gpu(cfg: AppConfig, shard: ShardPlan, command: ChildCommand, duratio
     except (LaunchError, MpsError) as exc:
         log.error("%s", exc)
         return EXIT_FATAL
-    # without a daemon in auto mode the reason was logged once here; the children do not try again
-    processes = plan_processes(cfg, shard, visible, "off" if mps is None and cfg.engine.mps == "auto" else cfg.engine.mps)
+    processes = plan_processes(cfg, shard, visible, mode_for_children(cfg.engine.mps, mps))
     log.info("engine.process_per_gpu: %d analyzer processes, one per GPU", len(processes), extra={"event": "launcher"})
     launcher = Launcher(processes, command, http=cfg.http if cfg.http.enabled else None)
     try:

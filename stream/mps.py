@@ -125,6 +125,16 @@ def start_mps(mode: MpsMode, cuda_wanted: bool, probe: Sequence[str] | None = No
         return None
 
 
+def mode_for_children(mode: MpsMode, daemon: MpsDaemon | None) -> MpsMode:
+    """The ``engine.mps`` for analyzer processes this one starts after ``start_mps(mode, ...)`` returned ``daemon``.
+
+    With a daemon they find it through the inherited environment and use it as it is. Without one,
+    ``auto`` already said why (or ``off`` was asked), so they run without MPS rather than each trying
+    again and starting a private daemon of its own.
+    """
+    return mode if daemon is not None else "off"
+
+
 def _start_private(control: str, probe: Sequence[str], timeout_s: float) -> MpsDaemon:
     try:
         directory = Path(tempfile.mkdtemp(prefix="deepfake-stream-mps-"))
@@ -179,4 +189,4 @@ def _server_log(directory: Path) -> str:
         return ""
 
 
-__all__ = ["MpsDaemon", "MpsError", "MpsMode", "PROBE", "start_mps"]
+__all__ = ["MpsDaemon", "MpsError", "MpsMode", "PROBE", "mode_for_children", "start_mps"]

@@ -19,7 +19,7 @@ import pytest
 
 from detector.config import EngineConfig
 from stream.config import AppConfig
-from stream.mps import LOG_ENV, PIPE_ENV, PROBE, MpsError, start_mps
+from stream.mps import LOG_ENV, PIPE_ENV, PROBE, MpsDaemon, MpsError, mode_for_children, start_mps
 
 FAKE_CONTROL = """#!/bin/sh
 # stand-in for nvidia-cuda-mps-control: one line per call (arguments, pipe directory, stdin)
@@ -164,6 +164,13 @@ def test_a_daemon_the_operator_runs_is_used_as_it_is(fake_control: Path, monkeyp
     daemon.stop()
     assert _calls(fake_control) == []
     assert os.environ[PIPE_ENV] == str(tmp_path / "operator-pipe")
+
+
+def test_children_use_our_daemon_or_none_and_never_start_their_own(tmp_path: Path) -> None:
+    """What the per-GPU launcher and bench/per_gpu.py give the analyzer processes they start after start_mps."""
+    ours = MpsDaemon(tmp_path, "nvidia-cuda-mps-control")
+    assert [mode_for_children(mode, ours) for mode in ("auto", "on")] == ["auto", "on"]  # found through the environment
+    assert [mode_for_children(mode, None) for mode in ("auto", "off")] == ["off", "off"]  # auto found none: no retry per child
 
 
 def test_config_default_and_values() -> None:
