@@ -280,18 +280,20 @@ def run_per_gpu(cfg: AppConfig, shard: ShardPlan, command: ChildCommand, duratio
     from detector.errors import DeviceError
     from stream.mps import MpsError, mode_for_children, start_mps
 
-    gpus = [d for d in engine_devices(cfg.detector, cfg.engine) if d.startswith("cuda")]
+    devices = engine_devices(cfg.detector, cfg.engine)
+    gpus = [d for d in devices if d.startswith("cuda")]
     try:
+        # with several GPUs every device must be one: a `cpu` beside them is refused, not quietly left out
+        visible = visible_entries(devices, os.environ) if len(gpus) > 1 else []
         for gpu in gpus:  # here, in one line, rather than once per child
             resolve_device(gpu)
-    except DeviceError as exc:
+    except (LaunchError, DeviceError) as exc:
         log.error("%s", exc)
         return EXIT_FATAL
     if len(gpus) < 2:
         log.info("engine.process_per_gpu: %s, so one analyzer process", f"one GPU ({gpus[0]})" if gpus else "no GPU", extra={"event": "launcher"})
         return None
     try:
-        visible = visible_entries(gpus, os.environ)
         check_launchable(cfg, shard, len(visible))  # before the daemon: nothing to undo when the settings cannot work
         mps = start_mps(cfg.engine.mps, cuda_wanted=True)
     except (LaunchError, MpsError) as exc:

@@ -123,6 +123,15 @@ def test_gpus_this_machine_lacks_are_one_line_before_any_child(tmp_path: Path, c
     assert "analyzer process" not in err and "Traceback" not in err
 
 
+def test_a_cpu_beside_the_gpus_is_refused_not_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"engine": {"process_per_gpu": True, "devices": ["cuda:0", "cuda:1", "cpu"]}, "mqtt": {"enabled": False}, "http": {"enabled": False}}))
+    assert cli_main(["run", "--config", str(config), "--duration", "0.1"]) == EXIT_FATAL
+    err = capsys.readouterr().err
+    assert "engine.process_per_gpu runs one process per GPU, but engine.devices lists 'cpu'" in err
+    assert "analyzer process" not in err and "Traceback" not in err
+
+
 def test_a_missing_gpu_in_one_process_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"engine": {"devices": ["cuda:1"]}, "mqtt": {"enabled": False}, "http": {"enabled": False}}))
