@@ -220,7 +220,7 @@ def test_private_mps_daemon_serves_a_cuda_process_and_goes_with_stop() -> None:
 @pytest.mark.timeout(420)
 def test_process_per_gpu_puts_an_analyzer_on_each_gpu(checkpoint, astronaut_clip, tmp_path) -> None:
     """``deepfake-stream run`` with ``engine.process_per_gpu`` on a two-GPU machine: a process per GPU, each scoring its
-    rendezvous share of the streams on its own port, each GPU holding memory, SIGTERM ending them all with exit 0."""
+    balanced share of the streams on its own port, each GPU holding memory, SIGTERM ending them all with exit 0."""
     import json
     import re
     import signal
