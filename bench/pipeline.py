@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -324,13 +325,13 @@ def barrier(directory: Path | None, shard: str | None) -> None:
     GPU's process starts its streams, and so measures, at the same time."""
     if directory is None:
         return
-    step = BARRIER_STEPS[0] = BARRIER_STEPS[0] + 1
+    step = next(BARRIER_STEPS)
     (directory / f"{step}.{(shard or '0/1').split('/')[0]}.ready").touch()
     while not (directory / f"{step}.go").exists():
         time.sleep(0.05)
 
 
-BARRIER_STEPS = [0]
+BARRIER_STEPS = itertools.count(1)  # this process's rows (and their start-up), in the order bench/per_gpu.py releases them
 
 
 async def until_streaming(sources: list[FrameSource], timeout_s: float) -> tuple[float | None, int]:
